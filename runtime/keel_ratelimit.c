@@ -97,7 +97,10 @@ static double available(const keel_ratelimit_t *rl, double tat) {
     return floor(a + 1e-9);
 }
 
-double keel_ratelimit_take(keel_ratelimit_t *rl, double n) { return take(rl, &rl->tat, n); }
+double keel_ratelimit_take(keel_ratelimit_t *rl, double n) {
+    if (rl->map) return NAN;
+    return take(rl, &rl->tat, n);
+}
 
 double keel_ratelimit_reserve(keel_ratelimit_t *rl, double n, double max_wait_ms) {
     return reserve(rl, &rl->tat, n, max_wait_ms);

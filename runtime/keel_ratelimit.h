@@ -52,7 +52,9 @@ void keel_ratelimit_refund(keel_ratelimit_t *rl, double n);
 double keel_ratelimit_available(keel_ratelimit_t *rl);
 
 /* Keyed versions of the above; key is len bytes (len <= KEEL_MAP_MAX_KEY,
- * longer keys return NAN / KEEL_RATELIMIT_NEVER). Unkeyed limiters return NAN. */
+ * longer keys return NAN / KEEL_RATELIMIT_NEVER). Calling the unkeyed
+ * functions on a keyed limiter, or these on an unkeyed one, returns NAN /
+ * KEEL_RATELIMIT_NEVER. */
 double keel_ratelimit_take_key(keel_ratelimit_t *rl, const char *key, size_t len, double n);
 double keel_ratelimit_reserve_key(keel_ratelimit_t *rl, const char *key, size_t len, double n,
                                   double max_wait_ms);
