@@ -1,0 +1,91 @@
+# Keel build. Sources are picked up by wildcard: a new runtime/keel_*.c or
+# bindings/*.c is built without touching this file.
+PREFIX ?= /usr/local
+BUILD  ?= build
+CC     ?= cc
+PKGS    = luajit libuv hiredis
+OPT    ?= -O2
+SAN    ?=
+CFLAGS_BASE = -std=c11 -Wall -Wextra -Werror $(OPT) -g -fPIC -D_GNU_SOURCE \
+              -Iruntime -Ibindings -Ibindings/include $(SAN)
+PKG_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LIBS        = $(PKG_LIBS) -lsqlite3 -lm -lpthread -ldl
+
+RUNTIME_SRC  = $(wildcard runtime/*.c)
+BINDINGS_SRC = $(filter-out bindings/keel_cli.c,$(wildcard bindings/*.c))
+LIB_OBJ      = $(patsubst %.c,$(BUILD)/obj/%.o,$(RUNTIME_SRC) $(BINDINGS_SRC))
+CLI_OBJ      = $(BUILD)/obj/bindings/keel_cli.o
+HEADERS      = $(wildcard runtime/*.h bindings/*.h bindings/include/*.h)
+
+DEPS_PKGS = build-essential pkg-config luajit2 libluajit2-5.1-dev libuv1-dev libhiredis-dev \
+            libsqlite3-dev lua-busted lua-check redis-server
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps run test asan lint bench install clean examples
+
+all: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/embed-host
+
+$(BUILD)/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(PKG_CFLAGS) -c $< -o $@
+
+$(BUILD)/libkeel.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libkeel.so: $(LIB_OBJ)
+	$(CC) -shared $(SAN) -o $@ $^ $(LIBS)
+
+# -rdynamic exports the runtime's symbols so the LuaJIT FFI (ffi.C) finds them;
+# objects are linked directly so no primitive is dropped as "unused".
+$(BUILD)/keel: $(CLI_OBJ) $(LIB_OBJ)
+	$(CC) $(SAN) -rdynamic -o $@ $^ $(LIBS)
+
+$(BUILD)/embed-host: examples/embed/host.c $(LIB_OBJ) $(HEADERS)
+	$(CC) $(CFLAGS_BASE) $(PKG_CFLAGS) -rdynamic -o $@ examples/embed/host.c $(LIB_OBJ) $(LIBS)
+
+# Installs only what is missing, so a second run does nothing.
+deps:
+	@missing=""; for p in $(DEPS_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	else echo "deps: all present"; fi
+
+.deps-ok:
+	@$(MAKE) --no-print-directory deps
+	@touch $@
+
+run: .deps-ok all
+	$(BUILD)/keel examples/pipeline.lua
+
+test: .deps-ok all
+	$(BUILD)/keel spec/run.lua
+
+asan: .deps-ok
+	$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  KEEL_BIN=build-asan/keel build-asan/keel spec/run.lua
+
+lint: .deps-ok
+	luacheck --quiet lua spec bench examples bindings/lua
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
+	  -Iruntime -Ibindings -Ibindings/include runtime bindings examples/embed
+
+bench: .deps-ok all
+	$(BUILD)/keel bench/run.lua
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
+	  $(DESTDIR)$(PREFIX)/share/keel/lua
+	install -m 755 $(BUILD)/keel $(DESTDIR)$(PREFIX)/bin/keel
+	install -m 644 $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 bindings/include/keel.h $(DESTDIR)$(PREFIX)/include/keel.h
+	cp -R lua/keel bindings/lua/keel $(DESTDIR)$(PREFIX)/share/keel/lua/
+
+clean:
+	rm -rf build build-asan .deps-ok

@@ -1,0 +1,87 @@
+#ifndef KEEL_H
+#define KEEL_H
+/* Keel embedding API: run Keel scripts inside a C program.
+ *
+ *   keel_runtime *rt = keel_new(&(keel_options){ .loop = my_loop });
+ *   keel_load_file(rt, "app.lua", 0, NULL);   // runs as the main task
+ *   keel_post(rt, "tick", "42", 2);           // from any thread
+ *   keel_run(rt);                             // or drive my_loop yourself
+ *   keel_free(rt);
+ *
+ * No global state: each runtime has its own Lua state, clock, PRNG and
+ * handles, so several runtimes work independently in one process. Except for
+ * keel_post, a runtime is used from the thread that runs its loop. */
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct keel_runtime keel_runtime;
+
+typedef struct keel_options {
+    uv_loop_t *loop;      /* NULL: the runtime creates and owns a loop */
+    int sim;              /* non-zero: virtual time (as keel --sim) */
+    uint64_t seed;        /* PRNG seed; 0 in real time picks a random one */
+    const char *lua_root; /* directory holding lua/keel; NULL: found from the executable */
+    int exit_on_stuck;    /* non-zero: keel_run ends (code 1) when every task waits
+                             and nothing can wake them; the CLI sets it */
+} keel_options;
+
+enum { KEEL_NIL = 0, KEEL_BOOLEAN, KEEL_NUMBER, KEEL_STRING };
+
+typedef struct keel_value {
+    int type;
+    double number;       /* KEEL_NUMBER, and KEEL_BOOLEAN (0 or 1) */
+    const char *string;  /* KEEL_STRING: bytes, not necessarily NUL-free */
+    size_t len;
+} keel_value;
+
+/* NULL on failure (out of memory, Lua modules not found: message on stderr). */
+keel_runtime *keel_new(const keel_options *opts);
+/* Closes the Lua state and the runtime's handles. Safe on NULL. */
+void keel_free(keel_runtime *rt);
+
+/* The last error message of a failed call, or "". */
+const char *keel_error(const keel_runtime *rt);
+
+/* Loads a script and starts it as the main task (with `arg` set as lua does:
+ * arg[0] = path, arg[1..argc] = argv). Returns 0, or -1 (see keel_error). */
+int keel_load_file(keel_runtime *rt, const char *path, int argc, char **argv);
+int keel_load_string(keel_runtime *rt, const char *code, const char *chunkname);
+/* require(module) and store the result in the global of the same name (dots
+ * become underscores). Returns 0 or -1. */
+int keel_require(keel_runtime *rt, const char *module);
+
+/* Calls the global function `fn` synchronously with the given arguments.
+ * Returns the number of results written to `results` (at most max_results),
+ * or -1 on error. Result strings stay valid until the next keel_call. */
+int keel_call(keel_runtime *rt, const char *fn, const keel_value *args, int nargs,
+              keel_value *results, int max_results);
+
+/* Thread-safe: queues an event for the handler registered with
+ * keel.on_event(name, fn); fn runs as a task with (payload, name).
+ * Returns 0, or -1 when out of memory or the runtime is closing. */
+int keel_post(keel_runtime *rt, const char *name, const char *payload, size_t len);
+
+/* Runs the loop until the scripts are done (every task finished and no timer
+ * armed), keel.exit() is called or keel_stop(). Returns the exit code. With a
+ * host-owned loop the host may instead run the loop itself and poll keel_done. */
+int keel_run(keel_runtime *rt);
+int keel_done(const keel_runtime *rt);
+int keel_exit_code(const keel_runtime *rt);
+/* Ends the run with this exit code at the next loop turn. */
+void keel_stop(keel_runtime *rt, int code);
+/* Starts graceful shutdown: keel.on_shutdown handlers run as tasks within
+ * their deadline, then the run ends with exit_code. */
+void keel_shutdown(keel_runtime *rt, int exit_code);
+
+uv_loop_t *keel_loop(keel_runtime *rt);
+const char *keel_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

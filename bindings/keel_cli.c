@@ -1,0 +1,113 @@
+/* The keel command: the first host of the embedding API (keel.h). */
+#include "keel.h"
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char USAGE[] =
+    "usage: keel [options] [script.lua [args...]]\n"
+    "  -e CODE        run CODE as the main task\n"
+    "  --sim SEED     virtual time: the clock jumps to the next deadline whenever\n"
+    "                 nothing is runnable; SEED replays every random choice\n"
+    "  -v, --version  print the version\n"
+    "  -h, --help     print this help\n"
+    "exit codes: 0 success, 1 uncaught error, 2 usage error, 130/143 on SIGINT/SIGTERM\n";
+
+static int usage_error(const char *fmt, const char *what) {
+    fprintf(stderr, "keel: ");
+    fprintf(stderr, fmt, what);
+    fprintf(stderr, "\n%s", USAGE);
+    return 2;
+}
+
+typedef struct {
+    keel_runtime *rt;
+    int signals_seen;
+    uv_signal_t sigint, sigterm;
+} cli_state;
+
+static void on_signal(uv_signal_t *h, int signum) {
+    cli_state *st = h->data;
+    if (st->signals_seen++ > 0) {
+        /* A second signal means "now": no more graceful shutdown. */
+        _exit(128 + signum);
+    }
+    keel_shutdown(st->rt, 128 + signum);
+}
+
+static int parse_seed(const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-') return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *code = NULL, *script = NULL;
+    int sim = 0;
+    uint64_t seed = 0;
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(USAGE, stdout);
+            return 0;
+        } else if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
+            printf("keel %s\n", keel_version());
+            return 0;
+        } else if (strcmp(a, "-e") == 0) {
+            if (++i >= argc) return usage_error("%s needs an argument", "-e");
+            code = argv[i];
+        } else if (strcmp(a, "--sim") == 0) {
+            if (++i >= argc) return usage_error("%s needs a SEED argument", "--sim");
+            if (parse_seed(argv[i], &seed) != 0) return usage_error("--sim: SEED must be a non-negative integer (got '%s')", argv[i]);
+            sim = 1;
+        } else if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        } else if (a[0] == '-' && a[1] != '\0') {
+            return usage_error("unknown option '%s'", a);
+        } else {
+            break;
+        }
+    }
+    if (!code) {
+        if (i >= argc) return usage_error("%s", "no script given");
+        script = argv[i++];
+        if (access(script, R_OK) != 0) return usage_error("cannot read script '%s'", script);
+    }
+
+    keel_options opts = { .sim = sim, .seed = seed, .exit_on_stuck = 1 };
+    keel_runtime *rt = keel_new(&opts);
+    if (!rt) return 1;
+
+    int rc = code ? keel_load_string(rt, code, "=(command line)")
+                  : keel_load_file(rt, script, argc - i, argv + i);
+    if (rc != 0) {
+        fprintf(stderr, "keel: %s\n", keel_error(rt));
+        keel_free(rt);
+        return 1;
+    }
+
+    cli_state st = { .rt = rt };
+    uv_loop_t *loop = keel_loop(rt);
+    uv_signal_init(loop, &st.sigint);
+    uv_signal_init(loop, &st.sigterm);
+    st.sigint.data = st.sigterm.data = &st;
+    uv_signal_start(&st.sigint, on_signal, SIGINT);
+    uv_signal_start(&st.sigterm, on_signal, SIGTERM);
+    uv_unref((uv_handle_t *)&st.sigint);
+    uv_unref((uv_handle_t *)&st.sigterm);
+
+    int exit_code = keel_run(rt);
+    uv_close((uv_handle_t *)&st.sigint, NULL);
+    uv_close((uv_handle_t *)&st.sigterm, NULL);
+    fflush(stdout);
+    keel_free(rt);
+    return exit_code;
+}

@@ -1,0 +1,58 @@
+-- The Lua half of a runtime: the host (bindings/keel_rt.c) requires this
+-- once per Lua state and drives the world through the functions it returns.
+local ffi = require "ffi"
+local sched = require "keel.sched"
+require "keel.ffi.core"
+
+local boot = {}
+
+function boot.init(clock_ptr, rand_ptr, seed)
+  local w = sched.new_world({
+    clock = ffi.cast("keel_clock_t *", clock_ptr),
+    rand = ffi.cast("keel_rand_t *", rand_ptr),
+    seed = seed,
+  })
+  sched.set_world(w)
+  boot.world = w
+  return w
+end
+
+-- Runs the script chunk as the main task; an uncaught error ends the run
+-- with exit code 1 after printing "file:line: message" and a traceback.
+function boot.start_main(chunk, ...)
+  local w = boot.world
+  local main = sched.spawn_main(w, chunk, ...)
+  main:_watch(function(task)
+    if task.state == "failed" then
+      local err = task.err
+      if type(err) ~= "string" then err = "(error object is a " .. type(err) .. " value: " .. tostring(err) .. ")" end
+      sched.report(err)
+      if not w.exit_code then sched.request_exit(w, 1) end
+    elseif task.state == "cancelled" and not w.exit_code then
+      sched.request_exit(w, 1)
+    end
+  end)
+  main.observed = true
+  return main
+end
+
+-- Returns state (see sched.READY...), the next deadline and the exit code.
+function boot.tick()
+  local w = boot.world
+  local state, nxt = sched.tick(w)
+  return state, nxt, w.exit_code or 0, w.alive
+end
+
+function boot.complete(id, a, b, c) return sched.complete(id, a, b, c) end
+
+function boot.event(name, payload)
+  if not sched.deliver_event(boot.world, name, payload) then
+    sched.report("keel: event '" .. tostring(name) .. "' has no handler (keel.on_event)")
+  end
+end
+
+function boot.shutdown(code) sched.shutdown(boot.world, code) end
+
+function boot.exit_code() return boot.world.exit_code end
+
+return boot

@@ -1,0 +1,211 @@
+-- The public module: local keel = require "keel"
+local sched = require "keel.sched"
+local check = require "keel.check"
+local C = require "keel.ffi.core"
+
+local select, type = select, type
+local unpack = unpack or table.unpack
+
+local keel = { version = "0.1.0" }
+
+-- Primitives and patterns load on first use, so a script pays only for what
+-- it touches.
+local lazy = {
+  counter = "keel.counter", leases = "keel.leases", queue = "keel.queue",
+  breaker = "keel.breaker", bulkhead = "keel.bulkhead", ratelimit = "keel.ratelimit",
+  backoff = "keel.backoff", retry = "keel.retry", retry_budget = "keel.retry_budget",
+  dedup = "keel.dedup", registry = "keel.registry", redis = "keel.redis",
+}
+
+setmetatable(keel, {
+  __index = function(t, k)
+    local mod = lazy[k]
+    if not mod then return nil end
+    local v = require(mod)
+    rawset(t, k, v)
+    return v
+  end,
+})
+
+keel.channel = require "keel.channel"
+
+function keel.spawn(fn, ...) return sched.spawn(fn, ...) end
+
+function keel.sleep(ms) return sched.sleep(ms, "keel.sleep") end
+
+function keel.now() return C.keel_clock_update(sched.world().clock) end
+
+function keel.wall() return C.keel_clock_wall(sched.world().clock) end
+
+function keel.current() return sched.current() end
+
+function keel.defer(fn) return sched.defer(fn, "keel.defer") end
+
+local function timer_args(fname, ms, fn)
+  check.number(fname, "argument 'ms'", ms, nil, 0)
+  check.func(fname, "argument 'fn'", fn)
+end
+
+function keel.after(ms, fn)
+  timer_args("keel.after", ms, fn)
+  return sched.after(ms, fn, nil, "keel.after")
+end
+
+function keel.every(ms, fn)
+  timer_args("keel.every", ms, fn)
+  if ms <= 0 then error("keel.every: argument 'ms' must be a number > 0 (got " .. tostring(ms) .. ")", 2) end
+  return sched.after(ms, fn, ms, "keel.every")
+end
+
+-- Runs fn in its own task; on timeout that task is cancelled (its deferred
+-- cleanup runs) and nil, "timeout" is returned. An error in fn is raised here.
+function keel.timeout(ms, fn, ...)
+  check.number("keel.timeout", "argument 'ms'", ms, nil, 0)
+  check.func("keel.timeout", "argument 'fn'", fn)
+  sched.need_task("keel.timeout")
+  local child = sched.spawn(fn, ...)
+  local function finish(ok, ...)
+    if ok then return true, ... end
+    local err = ...
+    if err == "timeout" and child:status() ~= "failed" then
+      child:cancel()
+      return nil, "timeout"
+    end
+    error(err, 0)
+  end
+  return finish(child:join(ms))
+end
+
+local function check_fns(fname, fns)
+  if type(fns) ~= "table" then
+    error(fname .. ": argument 'fns' must be a table of functions (got " .. type(fns) .. ")", 3)
+  end
+  for i = 1, #fns do check.func(fname, "fns[" .. i .. "]", fns[i]) end
+  sched.need_task(fname, 3)
+end
+
+-- Runs every function as a task and waits for them all. Returns the first
+-- result of each, in order. The first error (in time) cancels the rest and
+-- is raised.
+function keel.all(fns)
+  check_fns("keel.all", fns)
+  local n = #fns
+  if n == 0 then return end
+  local q = sched.waitqueue()
+  local tasks, failed = {}, nil
+  local remaining = n
+  for i = 1, n do
+    local t = sched.spawn(fns[i])
+    t.observed = true
+    t:_watch(function(task)
+      remaining = remaining - 1
+      if task.state ~= "done" and not failed then failed = task end
+      q:wake_one()
+    end)
+    tasks[i] = t
+  end
+  local ok, err = pcall(function()
+    while remaining > 0 and not failed do q:wait(nil, "keel.all") end
+  end)
+  if not ok or failed then
+    for i = 1, n do tasks[i]:cancel() end
+    if not ok then error(err, 0) end
+    error(failed.err, 0)
+  end
+  local out = {}
+  for i = 1, n do
+    local res = tasks[i].res
+    out[i] = res and res[1]
+  end
+  return unpack(out, 1, n)
+end
+
+-- Runs every function as a task; returns the results of the first to finish
+-- (raising its error if it failed) and cancels the others.
+function keel.any(fns)
+  check_fns("keel.any", fns)
+  local n = #fns
+  if n == 0 then error("keel.any: argument 'fns' must not be empty", 2) end
+  local q = sched.waitqueue()
+  local tasks, first = {}, nil
+  for i = 1, n do
+    local t = sched.spawn(fns[i])
+    t.observed = true
+    t:_watch(function(task)
+      if not first then first = task end
+      q:wake_one()
+    end)
+    tasks[i] = t
+  end
+  local ok, err = pcall(function()
+    while not first do q:wait(nil, "keel.any") end
+  end)
+  for i = 1, n do if tasks[i] ~= first then tasks[i]:cancel() end end
+  if not ok then error(err, 0) end
+  if first.state == "done" then
+    local res = first.res
+    if res then return unpack(res, 1, res.n) end
+    return
+  end
+  error(first.err, 0)
+end
+
+function keel.random(m, n)
+  local rand = sched.world().rand
+  if m == nil then return C.keel_rand_double(rand) end
+  if n == nil then m, n = 1, m end
+  check.integer("keel.random", "argument 'm'", m)
+  check.integer("keel.random", "argument 'n'", n)
+  if m > n then error("keel.random: interval is empty (m > n)", 2) end
+  return tonumber(C.keel_rand_range(rand, m, n))
+end
+
+-- Runs fn(...) as the main task of a fresh virtual-time world and returns its
+-- results. Accepts keel.sim({seed = N}, fn, ...) and keel.sim{seed = N, fn}.
+function keel.sim(opts, fn, ...)
+  if type(opts) == "function" then return keel.sim({}, opts, fn, ...) end
+  opts = check.opts("keel.sim", opts)
+  if fn == nil then fn = opts[1] end
+  check.func("keel.sim", "argument 'fn'", fn)
+  local seed = check.integer("keel.sim", "option 'seed'", opts.seed, 1, 0)
+  local w = sched.new_world({ virtual = true, seed = seed, epoch_ms = opts.epoch_ms })
+  local prev = sched.set_world(w)
+  local r = { n = 0 }
+  local function pack(...) r = { n = select("#", ...), ... } end
+  pack(pcall(sched.run_nested, w, fn, ...))
+  sched.set_world(prev)
+  if not r[1] then error(r[2], 0) end
+  return unpack(r, 2, r.n)
+end
+
+function keel.on_event(name, fn)
+  check.string("keel.on_event", "argument 'name'", name)
+  check.func("keel.on_event", "argument 'fn'", fn, true)
+  sched.on_event(sched.world(), name, fn)
+end
+
+function keel.on_shutdown(fn, opts)
+  check.func("keel.on_shutdown", "argument 'fn'", fn)
+  opts = check.opts("keel.on_shutdown", opts, check.set { "deadline_ms" })
+  local deadline = check.number("keel.on_shutdown", "option 'deadline_ms'", opts.deadline_ms, 5000, 0)
+  sched.add_shutdown(sched.world(), fn, deadline)
+end
+
+-- Ends the process (or the embedding's run) with code once the current
+-- task yields; tasks still alive are abandoned.
+function keel.exit(code)
+  code = check.integer("keel.exit", "argument 'code'", code, 0, 0, 255)
+  local w = sched.world()
+  sched.request_exit(w, code)
+  if sched.current() then
+    coroutine.yield() -- never resumed: the loop stops
+  end
+end
+
+function keel.metrics(format) return require("keel.metrics").collect(format) end
+
+function keel.is_sim() return sched.world().virtual end
+
+function keel.seed() return sched.world().seed end
+
+return keel

@@ -1,0 +1,703 @@
+-- The task scheduler: worlds, tasks (pooled coroutines), wait queues and
+-- timers. A world is one clock + timer heap + PRNG + ready queue. The runtime
+-- has one real world; keel.sim runs a function in a fresh virtual one.
+--
+-- Waiting always follows one protocol: a task parks with a fresh generation
+-- number, and whoever wakes it must quote that generation. A stale waker (a
+-- timer from an earlier wait, a second producer) is simply ignored, so no
+-- wait can be resumed twice or by the wrong event.
+local ffi = require "ffi"
+local C = require "keel.ffi.core"
+
+local cocreate, coresume, yield, costatus = coroutine.create, coroutine.resume, coroutine.yield, coroutine.status
+local select, type, tostring, setmetatable, error, pcall, xpcall =
+  select, type, tostring, setmetatable, error, pcall, xpcall
+local traceback = debug.traceback
+local unpack = unpack or table.unpack
+
+local sched = {}
+
+-- Markers passed to a parked task's resume instead of wake values.
+local TIMEOUT = setmetatable({}, { __tostring = function() return "timeout" end })
+local CANCEL = setmetatable({}, { __tostring = function() return "cancelled" end })
+local DONE = {}
+-- The error value a cancelled task unwinds with; join reports "cancelled".
+local CANCELLED = setmetatable({}, { __tostring = function() return "cancelled" end })
+sched.CANCELLED = CANCELLED
+
+local W -- the current world
+
+local Task = {}
+Task.__index = Task
+
+-- World ----------------------------------------------------------------------
+
+local World = {}
+World.__index = World
+
+local POOL_MAX = 4096
+local TICK_BUDGET = 8192 -- resumes per tick before I/O gets a turn
+
+local function new_world(opts)
+  local w = setmetatable({
+    ready = {}, nready = 0, spare = {},
+    slot_kind = {}, slot_obj = {}, slot_gen = {},
+    pool = {}, npool = 0,
+    alive = 0, pending = 0, unrefd = 0,
+    current = nil, main = nil,
+    unobserved = {},
+    events = {}, shutdown_handlers = {},
+    exit_code = nil,
+  }, World)
+  if opts.clock then
+    w.clock, w.rand = opts.clock, opts.rand
+  else
+    w.clock = ffi.new("keel_clock_t")
+    w.rand = ffi.new("keel_rand_t")
+    C.keel_clock_init(w.clock, opts.virtual and 1 or 0, opts.epoch_ms or 1.7e12)
+    C.keel_rand_seed(w.rand, opts.seed or 0)
+  end
+  w.virtual = w.clock.is_virtual ~= 0
+  w.seed = opts.seed
+  w.timers = ffi.gc(C.keel_timers_new(), C.keel_timers_free)
+  if w.timers == nil then error("keel: out of memory creating the timer heap") end
+  return w
+end
+sched.new_world = new_world
+
+function sched.world() return W end
+function sched.set_world(w) local old = W; W = w; return old end
+
+function sched.current() return W and W.current end
+
+function sched.now()
+  local clock = W.clock
+  return C.keel_clock_update(clock)
+end
+
+local function push_ready(w, task)
+  local n = w.nready + 1
+  w.nready = n
+  w.ready[n] = task
+end
+
+-- Timers ---------------------------------------------------------------------
+-- Slots map a C timer id to what it wakes: kind 1 = a parked task (with its
+-- generation), kind 2 = a timer object (keel.after/every).
+
+local function arm(w, deadline, kind, obj, gen)
+  local id = C.keel_timers_add(w.timers, deadline)
+  if id < 0 then error("keel: out of memory arming a timer", 3) end
+  w.slot_kind[id], w.slot_obj[id], w.slot_gen[id] = kind, obj, gen
+  return id
+end
+
+local function disarm(w, id)
+  if C.keel_timers_cancel(w.timers, id) == 0 then
+    w.slot_kind[id], w.slot_obj[id], w.slot_gen[id] = nil, nil, nil
+  end
+end
+
+-- Waking ---------------------------------------------------------------------
+
+local function wake(task, gen, a, b, c)
+  if not task.parked or task.gen ~= gen then return false end
+  task.parked = false
+  task.state = "running"
+  task.v1, task.v2, task.v3 = a, b, c
+  push_ready(task.world, task)
+  return true
+end
+sched.wake = wake
+
+-- Parks the current task; returns the wake values. The caller has already
+-- bumped task.gen and registered the waker(s).
+local function park(task)
+  task.parked = true
+  task.state = "waiting"
+  return yield()
+end
+
+local function need_task(fname, level)
+  local task = W and W.current
+  if not task then
+    error((fname or "keel") .. ": must be called inside a task (use keel.spawn)", (level or 2) + 1)
+  end
+  if task.cancelled and not task.shielded then error(CANCELLED, 0) end
+  return task
+end
+sched.need_task = need_task
+
+local function check_timeout(fname, timeout)
+  if timeout == nil then return nil end
+  if type(timeout) ~= "number" or timeout ~= timeout or timeout < 0 then
+    error(string.format("%s: timeout must be a number >= 0 (got %s)", fname or "keel", tostring(timeout)), 4)
+  end
+  if timeout == math.huge then return nil end
+  return timeout
+end
+
+-- Wait queues ------------------------------------------------------------------
+
+local WaitQueue = {}
+WaitQueue.__index = WaitQueue
+
+function sched.waitqueue()
+  return setmetatable({ t = {}, g = {}, head = 1, tail = 0, n = 0 }, WaitQueue)
+end
+
+local function wq_remove(q, i, task)
+  if q.t[i] == task then
+    q.t[i] = false
+    q.n = q.n - 1
+    if q.n == 0 then
+      -- Reset so indices never creep upwards across idle periods.
+      for j = q.head, q.tail do q.t[j] = nil; q.g[j] = nil end
+      q.head, q.tail = 1, 0
+    end
+  end
+end
+
+function WaitQueue:wait(timeout, fname)
+  local task = need_task(fname, 2)
+  timeout = check_timeout(fname, timeout)
+  local w = task.world
+  local gen = task.gen + 1
+  task.gen = gen
+  local i = self.tail + 1
+  self.tail = i
+  self.t[i], self.g[i] = task, gen
+  self.n = self.n + 1
+  local tid
+  if timeout then tid = arm(w, C.keel_clock_update(w.clock) + timeout, 1, task, gen) end
+  local a, b, c = park(task)
+  if tid and a ~= TIMEOUT then disarm(w, tid) end
+  if a == TIMEOUT then
+    wq_remove(self, i, task)
+    return nil, "timeout"
+  elseif a == CANCEL then
+    wq_remove(self, i, task)
+    error(CANCELLED, 0)
+  end
+  return a, b, c
+end
+
+-- Returns the woken task, or nil when nobody was waiting.
+function WaitQueue:wake_one(a, b, c)
+  local t, g = self.t, self.g
+  for i = self.head, self.tail do
+    local task = t[i]
+    if task then
+      local gen = g[i]
+      t[i] = false
+      self.head = i + 1
+      self.n = self.n - 1
+      if self.n == 0 then
+        for j = i, self.tail do t[j] = nil; g[j] = nil end
+        self.head, self.tail = 1, 0
+      end
+      if wake(task, gen, a, b, c) then return task end
+    end
+  end
+  return nil
+end
+
+function WaitQueue:wake_all(a, b, c)
+  local woken = 0
+  while self.n > 0 do
+    if self:wake_one(a, b, c) then woken = woken + 1 end
+  end
+  return woken
+end
+
+function WaitQueue:count() return self.n end
+
+-- Sleeping -------------------------------------------------------------------
+
+function sched.sleep(ms, fname)
+  fname = fname or "keel.sleep"
+  if type(ms) ~= "number" or ms ~= ms or ms < 0 then
+    error(string.format("%s: argument 'ms' must be a number >= 0 (got %s)", fname, tostring(ms)), 2)
+  end
+  local task = need_task(fname, 2)
+  local w = task.world
+  local gen = task.gen + 1
+  task.gen = gen
+  if ms == 0 then
+    -- Yield to every other runnable task, then continue.
+    task.v1, task.v2, task.v3 = nil, nil, nil
+    push_ready(w, task)
+    task.state = "running"
+    yield()
+    if task.cancelled and not task.shielded then error(CANCELLED, 0) end
+    return
+  end
+  local tid = arm(w, C.keel_clock_update(w.clock) + ms, 1, task, gen)
+  local a = park(task)
+  if a == CANCEL then disarm(w, tid); error(CANCELLED, 0) end
+end
+
+-- Completions from C ------------------------------------------------------------
+-- A C operation (a Redis reply, ...) is matched to its waiter by an integer id.
+
+local completions = {} -- id -> task, across worlds
+local completion_gen = {}
+local next_completion = 0
+
+function sched.completion(fname)
+  local task = need_task(fname, 2)
+  next_completion = next_completion + 1
+  local id = next_completion
+  local gen = task.gen + 1
+  task.gen = gen
+  completions[id], completion_gen[id] = task, gen
+  task.world.pending = task.world.pending + 1
+  return id
+end
+
+local function drop_completion(id)
+  local task = completions[id]
+  if task then
+    completions[id], completion_gen[id] = nil, nil
+    task.world.pending = task.world.pending - 1
+  end
+  return task
+end
+
+function sched.await(id, timeout, fname)
+  local task = completions[id]
+  if not task or task ~= W.current then error((fname or "keel") .. ": bad completion id", 2) end
+  timeout = check_timeout(fname, timeout)
+  local w = task.world
+  local gen = completion_gen[id]
+  local tid
+  if timeout then tid = arm(w, C.keel_clock_update(w.clock) + timeout, 1, task, gen) end
+  local a, b, c = park(task)
+  if tid and a ~= TIMEOUT then disarm(w, tid) end
+  drop_completion(id)
+  if a == TIMEOUT then return nil, "timeout" end
+  if a == CANCEL then error(CANCELLED, 0) end
+  return a, b, c
+end
+
+-- Called from C (keel_rt_complete) with the completion's values.
+function sched.complete(id, a, b, c)
+  local task = completions[id]
+  if not task then return false end
+  local gen = completion_gen[id]
+  drop_completion(id)
+  return wake(task, gen, a, b, c)
+end
+
+-- Tasks ------------------------------------------------------------------------
+
+local function on_error(e)
+  if e == CANCELLED then return e end
+  if type(e) == "string" then
+    -- Cut the scheduler's own frames: the trace ends where the task began.
+    local tb = traceback(e, 2)
+    local cut = tb:find("\n\t%[C%]: in function 'xpcall'")
+    return cut and tb:sub(1, cut - 1) or tb
+  end
+  return e
+end
+
+local function report(msg)
+  io.stderr:write(msg, "\n")
+  io.stderr:flush()
+end
+sched.report = report
+
+local function run_defers(task)
+  local defers = task.defers
+  if not defers then return end
+  task.defers = nil
+  task.cancelled = false -- cleanup may itself wait (release a remote lease)
+  for i = #defers, 1, -1 do
+    local ok, err = xpcall(defers[i], on_error)
+    if not ok then report("keel: error in deferred cleanup: " .. tostring(err)) end
+  end
+end
+
+local function finish(task, ok, ...)
+  local w = task.world
+  run_defers(task)
+  w.alive = w.alive - 1
+  if ok then
+    task.state = "done"
+    local n = select("#", ...)
+    if n > 0 then task.res = { n = n, ... } end
+  else
+    local err = ...
+    if err == CANCELLED then
+      task.state = "cancelled"
+      task.err = "cancelled"
+    else
+      task.state = "failed"
+      task.err = err
+      if not task.observed and task ~= w.main then w.unobserved[#w.unobserved + 1] = task end
+    end
+  end
+  local joiners = task.joiners
+  if joiners then joiners:wake_all() end
+  local watchers = task.watchers
+  if watchers then
+    for i = 1, #watchers do watchers[i](task) end
+  end
+  if task == w.main then w.main_done = true end
+end
+
+local function body(task)
+  while true do
+    local args = task.args
+    if task.cancelled then
+      finish(task, false, CANCELLED) -- cancelled before it ever ran
+    elseif args then
+      finish(task, xpcall(task.fn, on_error, unpack(args, 1, args.n)))
+    else
+      finish(task, xpcall(task.fn, on_error))
+    end
+    task = yield(DONE)
+  end
+end
+
+local function step(w, task)
+  w.current = task
+  local co = task.co
+  local ok, m
+  if co then
+    local a, b, c = task.v1, task.v2, task.v3
+    task.v1, task.v2, task.v3 = nil, nil, nil
+    ok, m = coresume(co, a, b, c)
+  else
+    local np = w.npool
+    if np > 0 then
+      co = w.pool[np]
+      w.pool[np] = nil
+      w.npool = np - 1
+    else
+      co = cocreate(body)
+    end
+    task.co = co
+    ok, m = coresume(co, task)
+  end
+  w.current = nil
+  if m == DONE and ok then
+    task.co = nil
+    if w.npool < POOL_MAX then
+      local np = w.npool + 1
+      w.pool[np] = co
+      w.npool = np
+    end
+  elseif not ok then
+    -- Only the scheduler's own code can fail outside the task's xpcall.
+    report("keel: internal scheduler error: " .. tostring(m))
+    if task.state ~= "done" and task.state ~= "failed" then
+      task.state = "failed"
+      task.err = m
+      w.alive = w.alive - 1
+    end
+  elseif costatus(co) == "dead" then
+    task.co = nil
+  end
+end
+
+local function spawn_in(w, fn, n, ...)
+  local task = setmetatable({ fn = fn, world = w, gen = 0, state = "running" }, Task)
+  if n > 0 then task.args = { n = n, ... } end
+  w.alive = w.alive + 1
+  push_ready(w, task)
+  return task
+end
+
+function sched.spawn(fn, ...)
+  if type(fn) ~= "function" then
+    local mt = getmetatable(fn)
+    if not (mt and mt.__call) then
+      error("keel.spawn: argument 'fn' must be a function (got " .. type(fn) .. ")", 2)
+    end
+  end
+  if not W then error("keel.spawn: no runtime world (is keel running?)", 2) end
+  return spawn_in(W, fn, select("#", ...), ...)
+end
+
+function sched.spawn_main(w, fn, ...)
+  local task = spawn_in(w, fn, select("#", ...), ...)
+  w.main = task
+  return task
+end
+
+local function is_task(t) return getmetatable(t) == Task end
+sched.is_task = is_task
+
+function Task:status()
+  if not is_task(self) then error("task:status: call it as a method (task:status())", 2) end
+  return self.state
+end
+
+function Task:join(timeout)
+  if not is_task(self) then error("task:join: call it as a method (task:join())", 2) end
+  self.observed = true
+  local me = need_task("task:join", 2)
+  if me == self then error("task:join: a task cannot join itself", 2) end
+  timeout = check_timeout("task:join", timeout)
+  if self.state ~= "done" and self.state ~= "failed" and self.state ~= "cancelled" then
+    self.joiners = self.joiners or sched.waitqueue()
+    local ok, err = self.joiners:wait(timeout, "task:join")
+    if ok == nil and err == "timeout" then return false, "timeout" end
+  end
+  if self.state == "done" then
+    local res = self.res
+    if res then return true, unpack(res, 1, res.n) end
+    return true
+  end
+  return false, self.err
+end
+
+function Task:cancel()
+  if not is_task(self) then error("task:cancel: call it as a method (task:cancel())", 2) end
+  local s = self.state
+  if s == "done" or s == "failed" or s == "cancelled" then return false end
+  self.cancelled = true
+  if self.parked then wake(self, self.gen, CANCEL) end
+  return true
+end
+
+-- Runs fn when the task ends, however it ends.
+function Task:_watch(fn)
+  self.watchers = self.watchers or {}
+  self.watchers[#self.watchers + 1] = fn
+end
+
+function Task:__tostring()
+  return "keel.task(" .. self.state .. ")"
+end
+
+function sched.defer(fn, fname)
+  fname = fname or "keel.defer"
+  if type(fn) ~= "function" then
+    error(fname .. ": argument 'fn' must be a function (got " .. type(fn) .. ")", 2)
+  end
+  local task = W and W.current
+  if not task then error(fname .. ": must be called inside a task", 2) end
+  task.defers = task.defers or {}
+  task.defers[#task.defers + 1] = fn
+end
+
+-- Timer objects (keel.after / keel.every) ----------------------------------------
+
+local Timer = {}
+Timer.__index = Timer
+
+function sched.after(ms, fn, interval, fname)
+  local w = W
+  local t = setmetatable({ fn = fn, world = w, interval = interval, referenced = true }, Timer)
+  t.deadline = C.keel_clock_update(w.clock) + ms
+  t.id = arm(w, t.deadline, 2, t)
+  return t
+end
+
+function Timer:stop()
+  if getmetatable(self) ~= Timer then error("timer:stop: call it as a method (timer:stop())", 2) end
+  if self.id then
+    disarm(self.world, self.id)
+    self.id = nil
+    if not self.referenced then self.world.unrefd = self.world.unrefd - 1 end
+    return true
+  end
+  return false
+end
+
+-- An unreferenced timer does not keep the process alive on its own.
+function Timer:unref()
+  if getmetatable(self) ~= Timer then error("timer:unref: call it as a method (timer:unref())", 2) end
+  if self.referenced and self.id then
+    self.referenced = false
+    self.world.unrefd = self.world.unrefd + 1
+  end
+  return self
+end
+
+local function fire_timer(w, t)
+  t.id = nil
+  if t.interval then
+    local now = w.clock.now_ms
+    local next_deadline = t.deadline + t.interval
+    if next_deadline <= now then next_deadline = now + t.interval end
+    t.deadline = next_deadline
+    t.id = arm(w, next_deadline, 2, t)
+  elseif not t.referenced then
+    w.unrefd = w.unrefd - 1
+  end
+  spawn_in(w, t.fn, 0)
+end
+
+local function fire_expired(w)
+  local timers, now = w.timers, w.clock.now_ms
+  local kinds, objs, gens = w.slot_kind, w.slot_obj, w.slot_gen
+  while true do
+    local id = C.keel_timers_pop_expired(timers, now)
+    if id < 0 then return end
+    local kind, obj, gen = kinds[id], objs[id], gens[id]
+    kinds[id], objs[id], gens[id] = nil, nil, nil
+    if kind == 1 then
+      wake(obj, gen, TIMEOUT)
+    elseif kind == 2 then
+      fire_timer(w, obj)
+    end
+  end
+end
+
+-- The loop -----------------------------------------------------------------------
+
+local function report_unobserved(w)
+  local list = w.unobserved
+  if #list == 0 then return end
+  w.unobserved = {}
+  for i = 1, #list do
+    local task = list[i]
+    if not task.observed then
+      report("keel: task failed and nobody joined it: " .. tostring(task.err))
+    end
+  end
+end
+
+local function run_ready(w, budget)
+  local done = 0
+  while w.nready > 0 and done < budget and not w.exit_code do
+    local run, n = w.ready, w.nready
+    w.ready, w.nready = w.spare, 0
+    for i = 1, n do
+      local task = run[i]
+      run[i] = nil
+      step(w, task)
+      if w.exit_code then
+        -- keel.exit: drop the rest of this batch.
+        for j = i + 1, n do run[j] = nil end
+        break
+      end
+    end
+    w.spare = run
+    done = done + n
+    C.keel_clock_update(w.clock)
+    fire_expired(w)
+  end
+end
+
+-- States returned to the host after a tick.
+sched.READY, sched.WAITING, sched.DONE, sched.STUCK, sched.EXIT = 1, 0, 2, 3, 4
+
+-- One turn: fire due timers, run runnable tasks (bounded), and in virtual
+-- time jump the clock whenever nothing else can happen first. Returns the
+-- state and the next timer deadline (ms, or -1).
+function sched.tick(w)
+  local prev = W
+  W = w
+  local clock, timers = w.clock, w.timers
+  C.keel_clock_update(clock)
+  fire_expired(w)
+  local budget = TICK_BUDGET
+  while true do
+    run_ready(w, budget)
+    if w.virtual and w.nready == 0 and w.pending == 0 and not w.exit_code then
+      local nxt = C.keel_timers_next(timers)
+      if nxt < 0 then break end
+      C.keel_clock_advance_to(clock, nxt)
+      fire_expired(w)
+      budget = budget - 1
+      if budget <= 0 then break end
+    else
+      break
+    end
+  end
+  report_unobserved(w)
+  W = prev
+  local nxt = C.keel_timers_next(timers)
+  if w.exit_code then return sched.EXIT, nxt end
+  if w.nready > 0 then return sched.READY, nxt end
+  local armed = C.keel_timers_count(timers) - w.unrefd
+  if w.alive == 0 and armed <= 0 then return sched.DONE, nxt end
+  if armed <= 0 and w.pending == 0 then return sched.STUCK, nxt end
+  return sched.WAITING, nxt
+end
+
+function sched.request_exit(w, code)
+  w.exit_code = code
+end
+
+-- Runs fn as the main task of world w until it and everything it spawned is
+-- done, entirely inside the caller (used by keel.sim). Returns fn's results or
+-- raises its error.
+function sched.run_nested(w, fn, ...)
+  local main = sched.spawn_main(w, fn, ...)
+  main.observed = true
+  while true do
+    local state = sched.tick(w)
+    if state == sched.DONE or state == sched.EXIT then break end
+    if state == sched.STUCK then
+      local n = w.alive
+      -- Cancel the stranded tasks so their cleanup runs before we give up.
+      error(string.format("keel.sim: deadlock: %d task(s) wait forever with no timer to wake them", n), 0)
+    end
+    if state == sched.WAITING and w.pending > 0 then
+      error("keel.sim: a task waits on real I/O inside a simulated world", 0)
+    end
+  end
+  if main.state == "done" then
+    local res = main.res
+    if res then return unpack(res, 1, res.n) end
+    return
+  end
+  error(main.err, 0)
+end
+
+sched.TIMEOUT, sched.CANCEL = TIMEOUT, CANCEL
+sched.Task = Task
+
+-- Events from the host (keel.on_event) and shutdown (keel.on_shutdown) --------
+
+function sched.on_event(w, name, fn) w.events[name] = fn end
+
+function sched.deliver_event(w, name, payload)
+  local fn = w.events[name]
+  if not fn then return false end
+  spawn_in(w, fn, 2, payload, name)
+  return true
+end
+
+function sched.add_shutdown(w, fn, deadline_ms)
+  w.shutdown_handlers[#w.shutdown_handlers + 1] = { fn = fn, deadline = deadline_ms }
+end
+
+-- Runs the shutdown handlers as tasks; exits with code once they are done or
+-- their deadline passes.
+function sched.shutdown(w, code)
+  if w.shutting_down then return end
+  w.shutting_down = true
+  local handlers = w.shutdown_handlers
+  if #handlers == 0 then w.exit_code = code; return end
+  local deadline = 0
+  for i = 1, #handlers do
+    if handlers[i].deadline > deadline then deadline = handlers[i].deadline end
+  end
+  spawn_in(w, function()
+    local tasks = {}
+    for i = 1, #handlers do tasks[i] = spawn_in(w, handlers[i].fn, 0) end
+    local limit = C.keel_clock_update(w.clock) + deadline
+    for i = 1, #tasks do
+      local left = limit - C.keel_clock_update(w.clock)
+      if left < 0 then left = 0 end
+      local ok, err = tasks[i]:join(left)
+      if not ok and err ~= "timeout" then report("keel: shutdown handler failed: " .. tostring(err)) end
+      if not ok and err == "timeout" then
+        report("keel: shutdown handlers did not finish within " .. deadline .. " ms")
+        break
+      end
+    end
+    w.exit_code = code
+  end, 0)
+end
+
+function sched.pcall(...) return pcall(...) end
+
+return sched
