@@ -1,0 +1,33 @@
+#ifndef KEEL_DEDUP_H
+#define KEEL_DEDUP_H
+#include <stddef.h>
+#include <stdint.h>
+#include "keel_clock.h"
+/* A bounded "have I seen this key?" set for idempotent consumers. A key is
+ * remembered for ttl_ms from the moment it was first marked (a hit does not
+ * extend it) and forgotten exactly when clock->now_ms reaches mark + ttl_ms.
+ * At max keys the least recently seen key is forgotten to make room (after
+ * reclaiming expired ones), so a very old duplicate may pass as new: size max
+ * for the duplicate window you need. */
+
+typedef struct keel_dedup keel_dedup_t;
+
+/* ttl_ms <= 0 or INFINITY: keys never expire (LRU only). NULL on bad max
+ * (0 or UINT32_MAX) or out of memory. */
+keel_dedup_t *keel_dedup_new(uint32_t max, double ttl_ms, const keel_clock_t *clock, uint64_t seed);
+void keel_dedup_free(keel_dedup_t *d);
+/* 1: remembered (a duplicate); 0: new, now marked; -1: key too long or out
+ * of memory (nothing marked). */
+int keel_dedup_seen(keel_dedup_t *d, const char *key, size_t len);
+/* 1 when the key was remembered. */
+int keel_dedup_forget(keel_dedup_t *d, const char *key, size_t len);
+/* Live keys (expired ones are reclaimed first). */
+uint32_t keel_dedup_size(keel_dedup_t *d);
+void keel_dedup_clear(keel_dedup_t *d);
+double keel_dedup_hits(const keel_dedup_t *d);
+double keel_dedup_marks(const keel_dedup_t *d);
+double keel_dedup_evictions(const keel_dedup_t *d);
+double keel_dedup_expirations(const keel_dedup_t *d);
+double keel_dedup_bytes(const keel_dedup_t *d);
+
+#endif
