@@ -207,6 +207,11 @@ int keel_breaker_record(keel_breaker_t *b, int ok, double duration_ms) {
     return b->state;
 }
 
+int keel_breaker_cancel(keel_breaker_t *b) {
+    if (b->state == KEEL_BREAKER_HALF_OPEN && b->ho_issued > b->ho_recorded) b->ho_issued--;
+    return b->state;
+}
+
 int keel_breaker_force(keel_breaker_t *b, int state) {
     switch (state) {
     case KEEL_BREAKER_CLOSED: to_closed(b); break;

@@ -58,6 +58,10 @@ int keel_breaker_allow(keel_breaker_t *b);
 /* Records one outcome; ok != 0 is a success, a duration >= slow_ms is slow.
  * Ignored in OPEN, FORCED_OPEN and DISABLED. Returns the state. */
 int keel_breaker_record(keel_breaker_t *b, int ok, double duration_ms);
+/* Gives back a permit from allow() whose call ended without an outcome
+ * (cancelled): in HALF_OPEN the permit can be handed out again. Returns the
+ * state. */
+int keel_breaker_cancel(keel_breaker_t *b);
 /* Current state, applying a due OPEN -> HALF_OPEN transition. */
 int keel_breaker_state(keel_breaker_t *b);
 /* Moves to any state. CLOSED and DISABLED reset the window; OPEN starts a

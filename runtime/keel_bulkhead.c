@@ -87,14 +87,17 @@ int keel_bulkhead_acquire(keel_bulkhead_t *b, int32_t slot, int may_wait) {
 int keel_bulkhead_release(keel_bulkhead_t *b, int32_t slot) {
     comp_t *c = comp(b, slot);
     if (!c || c->in_use < 1) return -1;
-    if (c->waiting > 0) {
-        c->waiting--;
-        b->waiting--;
-        b->acquired++;
-        return 1;
-    }
     c->in_use--;
     b->in_use--;
+    return 0;
+}
+
+int keel_bulkhead_transfer(keel_bulkhead_t *b, int32_t slot) {
+    comp_t *c = comp(b, slot);
+    if (!c || c->in_use < 1 || c->waiting < 1) return -1;
+    c->waiting--;
+    b->waiting--;
+    b->acquired++;
     return 0;
 }
 

@@ -4,9 +4,8 @@
 #include <stdint.h>
 /* Bulkhead: at most `max` holders of a permit at once and at most `queue`
  * waiters behind them. The C side only counts; the binding parks waiters
- * (FIFO) and wakes one when release() says a permit was handed over. A
- * released permit goes straight to the longest waiter, so newcomers never
- * overtake the queue.
+ * (FIFO). A released permit goes straight to the longest waiter
+ * (transfer()), so newcomers never overtake the queue.
  *
  * Keyed bulkheads have one compartment (max/queue each) per key in a bounded
  * keel_map of max_keys entries. Only idle compartments (no permit out, no
@@ -43,9 +42,14 @@ int32_t keel_bulkhead_slot(keel_bulkhead_t *b, const char *key, size_t len);
  * and must either receive a handed-over permit or call unwait(). Pass
  * may_wait = 0 to never queue. KEEL_BULKHEAD_FULL: refused. */
 int keel_bulkhead_acquire(keel_bulkhead_t *b, int32_t slot, int may_wait);
-/* Returns 1 when the permit passes to a waiter (the caller must wake exactly
- * one), 0 when it was freed, -1 when the slot has no permit out. */
+/* Frees a permit. Returns 0, or -1 when the slot has no permit out. The
+ * binding first tries to wake a waiter and, if one woke, calls transfer()
+ * instead: the decision rests on the binding's wait queue, which knows about
+ * waiters that timed out but have not yet run their unwait(). */
 int keel_bulkhead_release(keel_bulkhead_t *b, int32_t slot);
+/* Hands a permit to a waiter that was woken: the waiter count drops and the
+ * permit stays out. Returns 0, or -1 without a permit out or a waiter. */
+int keel_bulkhead_transfer(keel_bulkhead_t *b, int32_t slot);
 /* A counted waiter gave up. Returns 0, or -1 when the slot has no waiter. */
 int keel_bulkhead_unwait(keel_bulkhead_t *b, int32_t slot);
 int32_t keel_bulkhead_in_use(const keel_bulkhead_t *b, int32_t slot);

@@ -189,7 +189,8 @@ static void bulkhead(void) {
     CHECK(keel_bulkhead_acquire(b, 0, 0) == KEEL_BULKHEAD_FULL);
     CHECK(keel_bulkhead_acquire(b, 0, 1) == KEEL_BULKHEAD_QUEUED);
     CHECK(keel_bulkhead_acquire(b, 0, 1) == KEEL_BULKHEAD_FULL);
-    CHECK(keel_bulkhead_release(b, 0) == 1); /* handed to the waiter */
+    CHECK(keel_bulkhead_transfer(b, 0) == 0); /* handed to the waiter */
+    CHECK(keel_bulkhead_transfer(b, 0) == -1);
     CHECK(keel_bulkhead_in_use(b, 0) == 2 && keel_bulkhead_waiting(b, 0) == 0);
     CHECK(keel_bulkhead_unwait(b, 0) == -1);
     CHECK(keel_bulkhead_release(b, 0) == 0);
