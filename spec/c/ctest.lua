@@ -1,0 +1,32 @@
+-- Compiles and runs a C test program under spec/c/ against the library built
+-- beside the keel binary under test (KEEL_BIN, default build/keel), with the
+-- same sanitizers when that is the ASan build. Returns ok, output.
+local ctest = {}
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec/c"
+local root = here:gsub("/?spec/c$", "")
+if root == "" then root = "." end
+
+function ctest.run(name, args)
+  local bin = os.getenv("KEEL_BIN") or (root .. "/build/keel")
+  local dir = bin:match("^(.*)/[^/]*$") or "."
+  local san = dir:match("asan") and "-fsanitize=address,undefined -fno-omit-frame-pointer" or ""
+  local exe = os.tmpname()
+  local cmd = string.format(
+    "cc -std=c11 -O1 -g -D_GNU_SOURCE %s -I%s/runtime %s/spec/c/%s.c %s/libkeel.a -lpthread -lm -o %s 2>&1",
+    san, root, root, name, dir, exe)
+  local p = io.popen(cmd)
+  local out = p:read("*a")
+  local ok = p:close()
+  if not ok then
+    os.remove(exe)
+    return false, "compile failed: " .. cmd .. "\n" .. out
+  end
+  p = io.popen(exe .. " " .. (args or "") .. " 2>&1")
+  out = p:read("*a")
+  ok = p:close()
+  os.remove(exe)
+  return ok and true or false, out
+end
+
+return ctest

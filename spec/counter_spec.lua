@@ -1,0 +1,85 @@
+local keel = require "keel"
+local ctest = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec") .. "/c/ctest.lua")
+
+describe("keel.counter", function()
+  it("starts at zero, adds 1 by default and n when given", function()
+    local c = keel.counter()
+    assert.equal(0, c:value())
+    c:add()
+    c:add(41)
+    c:add(-2)
+    c:add(0)
+    assert.equal(40, c:value())
+  end)
+
+  it("reset returns the value it held and zeroes the counter", function()
+    local c = keel.counter { shards = 4 }
+    c:add(7)
+    assert.equal(7, c:reset())
+    assert.equal(0, c:value())
+    assert.equal(0, c:reset())
+  end)
+
+  it("is exact up to 2^53", function()
+    local c = keel.counter()
+    c:add(2 ^ 53)
+    assert.equal(2 ^ 53, c:value())
+    c:add(-(2 ^ 53))
+    c:add(-(2 ^ 53))
+    assert.equal(-(2 ^ 53), c:value())
+  end)
+
+  it("has stats and registers when named", function()
+    local c = keel.counter { name = "spec_counter", shards = 2 }
+    c:add(3)
+    assert.same({ value = 3, shards = 2 }, c:stats())
+    local snap = require("keel.metrics").collect()
+    assert.same({ value = 3, shards = 2 }, snap.counter.spec_counter)
+    assert.matches("spec_counter", tostring(c))
+  end)
+
+  it("rejects bad options", function()
+    local function err(opts) local ok, e = pcall(keel.counter, opts); assert.is_false(ok); return e end
+    assert.matches("keel.counter: option 'shards' must be an integer in %[1, 1024%] %(got 0%)", err { shards = 0 })
+    assert.matches("option 'shards'", err { shards = 1025 })
+    assert.matches("option 'shards'", err { shards = 1.5 })
+    assert.matches("option 'shards'", err { shards = 0 / 0 })
+    assert.matches("option 'shards'", err { shards = "2" })
+    assert.matches("option 'name' must be a string", err { name = 5 })
+    assert.matches("unknown option 'shard'", err { shard = 2 })
+    assert.matches("options must be a table", err(5))
+  end)
+
+  it("rejects bad arguments to add without changing the value", function()
+    local c = keel.counter()
+    for _, bad in ipairs { 1.5, 0 / 0, math.huge, -math.huge, 2 ^ 53 + 2, "1", true, {} } do
+      local ok, e = pcall(c.add, c, bad)
+      assert.is_false(ok)
+      assert.matches("counter:add: argument 'n' must be an integer", e)
+    end
+    assert.equal(0, c:value())
+    local ok, e = pcall(c.add)
+    assert.is_false(ok)
+    assert.matches("call it as a method", e)
+    for _, m in ipairs { "value", "reset", "stats" } do
+      ok, e = pcall(c[m], 5)
+      assert.is_false(ok)
+      assert.matches("call it as a method", e)
+    end
+  end)
+
+  it("loses no update when host threads add concurrently (C test program)", function()
+    local ok, out = ctest.run("test_counter", "100000")
+    assert.is_true(ok, out)
+    assert.matches("ok all", out)
+    assert.is_nil(out:find("FAIL"), out)
+  end)
+end)
+
+describe("keel_map (C test program)", function()
+  it("passes its unit and randomized model tests", function()
+    local ok, out = ctest.run("test_map")
+    assert.is_true(ok, out)
+    assert.matches("ok all", out)
+  end)
+end)
