@@ -304,6 +304,8 @@ int32_t keel_queue_promote(keel_queue_t *q) {
     return n;
 }
 
+int32_t keel_queue_ready_count(const keel_queue_t *q) { return q->heaps[H_READY].count; }
+
 double keel_queue_next_deadline(const keel_queue_t *q) {
     double t = -1.0;
     const heap_t *d = &q->heaps[H_DELAYED], *f = &q->heaps[H_INFLIGHT];

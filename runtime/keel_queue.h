@@ -89,6 +89,9 @@ double keel_queue_next_expired(const keel_queue_t *q);
  * Returns how many moved. */
 int32_t keel_queue_promote(keel_queue_t *q);
 
+/* Messages that pop would return right now (without promoting). */
+int32_t keel_queue_ready_count(const keel_queue_t *q);
+
 /* Earliest delayed-ready time or visibility deadline, or -1 when none. */
 double keel_queue_next_deadline(const keel_queue_t *q);
 

@@ -21,6 +21,7 @@ int keel_queue_nack(keel_queue_t *q, double id, int32_t attempt, double delay_ms
 int keel_queue_extend(keel_queue_t *q, double id, int32_t attempt, double ms);
 double keel_queue_next_expired(const keel_queue_t *q);
 int32_t keel_queue_promote(keel_queue_t *q);
+int32_t keel_queue_ready_count(const keel_queue_t *q);
 double keel_queue_next_deadline(const keel_queue_t *q);
 int keel_queue_remove(keel_queue_t *q, double id);
 int32_t keel_queue_ready_ids(const keel_queue_t *q, double *out, int32_t max);

@@ -1,0 +1,392 @@
+-- keel.queue: a bounded work queue with priorities, delays, visibility
+-- timeouts, delivery attempts and a dead-letter queue.
+--
+-- C (runtime/keel_queue.c) keeps ids, order, deadlines and attempts; this
+-- file keeps the items, indexed by the message's slot (dense, so they live in
+-- the array part of a table), plus the rare-path metadata: dedup keys,
+-- failure history, dead-letter details.
+local ffi = require "ffi"
+local C = require "keel.ffi.queue"
+local sched = require "keel.sched"
+local check = require "keel.check"
+local metrics = require "keel.metrics"
+
+local type, error, getmetatable, setmetatable, tostring, pcall =
+  type, error, getmetatable, setmetatable, tostring, pcall
+local floor, huge, max = math.floor, math.huge, math.max
+
+local Queue = {}
+Queue.__index = Queue
+
+local NEW_OPTS = check.set { "capacity", "visibility_ms", "max_attempts", "dead_letter", "name" }
+local PUSH_OPTS = check.set { "delay_ms", "priority", "dedup_key" }
+local POP_OPTS = check.set { "wait_ms" }
+local NACK_OPTS = check.set { "delay_ms", "error" }
+
+local EXPIRED_ERROR = "visibility timeout"
+local NACK_ERROR = "nack"
+
+-- Timers ---------------------------------------------------------------------
+-- One world timer at the earliest delayed-ready time or visibility deadline.
+-- It is unreferenced (does not keep the program alive) unless a popper is
+-- waiting, since only then is someone depending on what it will release.
+
+local function set_timer(self, t, referenced)
+  if self.timer then self.timer:stop() end
+  local g = self.tgen + 1
+  self.tgen = g
+  local function fire()
+    if self.tgen == g then self.timer, self.timer_at = nil, huge end
+    self:_service()
+  end
+  local prev = sched.set_world(self.world)
+  local ok, tm = pcall(sched.after, max(0, t - C.keel_clock_update(self.clock)), fire)
+  sched.set_world(prev)
+  if not ok then error(tm, 0) end
+  if not referenced and self.waiters:count() == 0 then tm:unref() end
+  self.timer, self.timer_at = tm, t
+end
+
+local function arm_at(self, t)
+  if t < self.timer_at then set_timer(self, t, false) end
+end
+
+-- Messages -------------------------------------------------------------------
+
+local function slot_of(self, id) return id % self.span + 1 end
+
+-- Fills a message table for delivery (id, attempt) of slot s.
+local function fill(self, msg, id)
+  local s = slot_of(self, id)
+  msg.id = id
+  msg.item = self.items[s]
+  msg.attempt = C.keel_queue_attempt(self.q, id)
+  msg.queue = self
+  local m = self.meta[s]
+  if m then
+    msg.error, msg.attempts, msg.first_failed, msg.last_failed, msg.source =
+      m.error, m.attempts, m.first_failed, m.last_failed, m.source
+  end
+  local deadline = self.clock.now_ms + self.visibility_ms
+  if deadline < self.timer_at then set_timer(self, deadline, false) end
+  return msg
+end
+
+-- Forgets everything Lua holds for a slot whose message left the queue.
+local function release(self, s)
+  self.items[s] = nil
+  local key = self.keys[s]
+  if key ~= nil then
+    self.keys[s] = nil
+    self.index[key] = nil
+  end
+  self.meta[s] = nil
+  self.fails[s] = nil
+end
+
+local function record_failure(self, s, err)
+  local now = self.clock.now_ms
+  local f = self.fails[s]
+  if f then
+    f.last, f.error = now, err
+  else
+    self.fails[s] = { first = now, last = now, error = err }
+  end
+end
+
+-- Hands ready messages to waiting poppers, longest waiter first. The waiter
+-- is woken with an empty message table that is filled right after, so a
+-- message is never taken for a waiter that cannot receive it.
+local function handoff(self)
+  local w, q = self.waiters, self.q
+  while w:count() > 0 and C.keel_queue_ready_count(q) > 0 do
+    local msg = {}
+    if not w:wake_one(msg) then break end
+    fill(self, msg, C.keel_queue_pop(q, 0))
+  end
+end
+
+-- Internal push, arguments already checked. Returns id or nil, code.
+-- meta (dead-letter details) is attached before any waiter is handed the message.
+local function push(self, item, priority, delay, key, meta)
+  if key ~= nil and self.index[key] ~= nil then
+    self.duplicates = self.duplicates + 1
+    return nil, "duplicate"
+  end
+  local id = C.keel_queue_push(self.q, priority, delay)
+  if id < 0 then
+    if id == -1 then
+      self.rejected = self.rejected + 1
+      return nil, "full"
+    end
+    error("keel.queue:push: out of memory", 3)
+  end
+  local s = slot_of(self, id)
+  self.items[s] = item
+  if key ~= nil then
+    self.keys[s] = key
+    self.index[key] = id
+  end
+  if meta ~= nil then self.meta[s] = meta end
+  if delay > 0 then
+    arm_at(self, self.clock.now_ms + delay)
+  elseif self.waiters:count() > 0 then
+    handoff(self)
+  end
+  return id
+end
+
+-- A message out of attempts: to the dead-letter queue, or dropped.
+local function bury(self, s, attempts)
+  local item, key, f = self.items[s], self.keys[s], self.fails[s]
+  release(self, s)
+  self.dead = self.dead + 1
+  local dlq = self.dead_letter
+  if dlq then
+    local id = push(dlq, item, 0, 0, nil, {
+      error = f and f.error, attempts = attempts,
+      first_failed = f and f.first, last_failed = f and f.last,
+      source = self.name, origin = self, dedup_key = key,
+    })
+    if id then
+      self.dead_lettered = self.dead_lettered + 1
+      return "dead"
+    end
+  end
+  self.dropped = self.dropped + 1
+  return "dropped"
+end
+
+-- Promotes due delayed messages, expires due deliveries, feeds waiters and
+-- re-arms the timer. Runs from the timer and from pop when the timer is late.
+function Queue:_service()
+  local q = self.q
+  C.keel_queue_promote(q)
+  while true do
+    local id = C.keel_queue_next_expired(q)
+    if id < 0 then break end
+    local attempt = C.keel_queue_attempt(q, id)
+    local s = slot_of(self, id)
+    record_failure(self, s, EXPIRED_ERROR)
+    if C.keel_queue_nack(q, id, attempt, 0, 1) == 1 then bury(self, s, attempt) end
+  end
+  if self.waiters:count() > 0 then handoff(self) end
+  local nd = C.keel_queue_next_deadline(q)
+  if nd >= 0 and (self.timer == nil or nd < self.timer_at) then set_timer(self, nd, false) end
+end
+
+-- Public API -----------------------------------------------------------------
+
+local function check_msg(fname, msg)
+  if type(msg) ~= "table" or type(msg.id) ~= "number" or type(msg.attempt) ~= "number" then
+    error(string.format("%s: argument 'msg' must be a message returned by pop (got %s)", fname, tostring(msg)), 3)
+  end
+  local a = msg.attempt
+  -- a mutated attempt cannot be a live delivery; keep it out of int32_t
+  if not (a >= 1 and a < 2147483648 and a == floor(a)) then return nil end
+  return msg.id, a
+end
+
+function Queue:push(item, opts)
+  check.self("keel.queue:push", self, Queue)
+  if item == nil then error("keel.queue:push: argument 'item' must not be nil", 2) end
+  if opts == nil then return push(self, item, 0, 0, nil) end
+  local F = "keel.queue:push"
+  check.opts(F, opts, PUSH_OPTS)
+  local delay = check.number(F, "option 'delay_ms'", opts.delay_ms, 0, 0)
+  local priority = check.number(F, "option 'priority'", opts.priority, 0)
+  local key = opts.dedup_key
+  if key ~= nil then key = check.key(F, "option 'dedup_key'", key) end
+  return push(self, item, priority, delay, key)
+end
+
+function Queue:pop(opts)
+  check.self("keel.queue:pop", self, Queue)
+  local wait_ms = 0
+  if opts ~= nil then
+    check.opts("keel.queue:pop", opts, POP_OPTS)
+    wait_ms = check.number("keel.queue:pop", "option 'wait_ms'", opts.wait_ms, 0, 0)
+  end
+  if self.clock.now_ms >= self.timer_at then self:_service() end
+  local id = C.keel_queue_pop(self.q, 0)
+  if id >= 0 then return fill(self, {}, id) end
+  if wait_ms <= 0 then return nil, "empty" end
+  -- the timer may now release what this popper waits for: let it hold the world open
+  if self.timer and not self.timer.referenced then set_timer(self, self.timer_at, true) end
+  local msg = self.waiters:wait(wait_ms < huge and wait_ms or nil, "keel.queue:pop")
+  if msg then return msg end
+  -- a message due exactly at the wait deadline still counts
+  if self.clock.now_ms >= self.timer_at then self:_service() end
+  id = C.keel_queue_pop(self.q, 0)
+  if id >= 0 then return fill(self, {}, id) end
+  return nil, "timeout"
+end
+
+function Queue:ack(msg)
+  check.self("keel.queue:ack", self, Queue)
+  local id, attempt = check_msg("keel.queue:ack", msg)
+  if not id or msg.queue ~= self or C.keel_queue_ack(self.q, id, attempt) ~= 0 then
+    return nil, "unknown"
+  end
+  release(self, slot_of(self, id))
+  return true
+end
+
+-- Returns true, "requeued" | "dead" (moved to the dead-letter queue) |
+-- "dropped" (out of attempts, no room or no dead-letter queue).
+function Queue:nack(msg, opts)
+  local F = "keel.queue:nack"
+  check.self(F, self, Queue)
+  local id, attempt = check_msg(F, msg)
+  local delay, err = 0, NACK_ERROR
+  if opts ~= nil then
+    check.opts(F, opts, NACK_OPTS)
+    delay = check.number(F, "option 'delay_ms'", opts.delay_ms, 0, 0)
+    if opts.error ~= nil then err = opts.error end
+  end
+  if not id or msg.queue ~= self then return nil, "unknown" end
+  local rc = C.keel_queue_nack(self.q, id, attempt, delay, 0)
+  if rc < 0 then return nil, "unknown" end
+  local s = slot_of(self, id)
+  record_failure(self, s, err)
+  if rc == 1 then return true, bury(self, s, attempt) end
+  if delay > 0 then
+    arm_at(self, self.clock.now_ms + delay)
+  elseif self.waiters:count() > 0 then
+    handoff(self)
+  end
+  return true, "requeued"
+end
+
+-- Keeps a delivery invisible for ms more (from now), for long jobs.
+function Queue:extend(msg, ms)
+  local F = "keel.queue:extend"
+  check.self(F, self, Queue)
+  local id, attempt = check_msg(F, msg)
+  ms = check.number(F, "argument 'ms'", ms, nil, 0)
+  if ms == huge then ms = 1e15 end
+  if not id or msg.queue ~= self or C.keel_queue_extend(self.q, id, attempt, ms) ~= 0 then
+    return nil, "unknown"
+  end
+  arm_at(self, self.clock.now_ms + ms)
+  return true
+end
+
+-- Ready messages in pop order, without taking them.
+local function ready_ids(self, n)
+  local avail = C.keel_queue_ready_count(self.q)
+  if n > avail then n = avail end
+  if n <= 0 then return nil, 0 end
+  local buf = ffi.new("double[?]", n)
+  local got = C.keel_queue_ready_ids(self.q, buf, n)
+  if got < 0 then error("keel.queue: out of memory", 3) end
+  return buf, got
+end
+
+function Queue:peek(n)
+  check.self("keel.queue:peek", self, Queue)
+  n = check.integer("keel.queue:peek", "argument 'n'", n, 1, 0)
+  local out = {}
+  local buf, got = ready_ids(self, n)
+  for i = 0, got - 1 do
+    local id = buf[i]
+    local s = slot_of(self, id)
+    local msg = { id = id, item = self.items[s], attempt = C.keel_queue_attempt(self.q, id) }
+    local m = self.meta[s]
+    if m then
+      msg.error, msg.attempts, msg.first_failed, msg.last_failed, msg.source =
+        m.error, m.attempts, m.first_failed, m.last_failed, m.source
+    end
+    out[#out + 1] = msg
+  end
+  return out
+end
+
+-- Moves up to n ready dead letters out of `from` back to the queue each came
+-- from (only those from `origin` when given), oldest first, with fresh
+-- attempts. A letter its origin refuses (full, duplicate key) stays put.
+local function redrive(from, n, origin)
+  local buf, got = ready_ids(from, C.keel_queue_ready_count(from.q))
+  local moved, refused = 0, nil
+  for i = 0, got - 1 do
+    if moved >= n then break end
+    local id = buf[i]
+    local s = slot_of(from, id)
+    local m = from.meta[s]
+    if m and m.origin and (origin == nil or m.origin == origin) then
+      local ok, err = push(m.origin, from.items[s], 0, 0, m.dedup_key)
+      if ok then
+        C.keel_queue_remove(from.q, id)
+        release(from, s)
+        moved = moved + 1
+        m.origin.redriven = m.origin.redriven + 1
+      else
+        refused = refused or err
+      end
+    end
+  end
+  return moved, refused
+end
+
+-- On a queue with a dead_letter option: brings its own dead letters back.
+-- On any other queue: sends the dead letters it holds back to their sources.
+-- Returns how many moved, plus "full"/"duplicate" when some could not move.
+function Queue:redrive(n)
+  check.self("keel.queue:redrive", self, Queue)
+  n = check.number("keel.queue:redrive", "argument 'n'", n, huge, 0)
+  if self.dead_letter then return redrive(self.dead_letter, n, self) end
+  return redrive(self, n, nil)
+end
+
+function Queue:stats()
+  check.self("keel.queue:stats", self, Queue)
+  local st = ffi.new("keel_queue_stats_t")
+  C.keel_queue_stats(self.q, st)
+  return {
+    capacity = self.capacity,
+    ready = st.ready, delayed = st.delayed, in_flight = st.in_flight,
+    waiting = self.waiters:count(),
+    pushed = st.pushed, popped = st.popped, acked = st.acked,
+    nacked = st.nacked, expired = st.expired,
+    dead = self.dead, dead_lettered = self.dead_lettered, dropped = self.dropped,
+    redriven = self.redriven, duplicates = self.duplicates, full = self.rejected,
+  }
+end
+
+function Queue:__tostring()
+  return "keel.queue(" .. (self.name or "?") .. ")"
+end
+
+return function(opts)
+  local F = "keel.queue"
+  opts = check.opts(F, opts, NEW_OPTS)
+  local capacity = check.integer(F, "option 'capacity'", opts.capacity, 10000, 1, 16777216)
+  local vis = opts.visibility_ms
+  if vis == nil then vis = 30000 end
+  if type(vis) ~= "number" or not (vis > 0 and vis < huge) then
+    error(string.format("%s: option 'visibility_ms' must be a finite number > 0 (got %s)", F, tostring(vis)), 2)
+  end
+  local max_attempts = check.integer(F, "option 'max_attempts'", opts.max_attempts, 5, 1, 2147483647)
+  local dlq = opts.dead_letter
+  if dlq ~= nil and getmetatable(dlq) ~= Queue then
+    error(string.format("%s: option 'dead_letter' must be a keel.queue (got %s)", F, tostring(dlq)), 2)
+  end
+  local name = opts.name
+  if name ~= nil then name = check.string(F, "option 'name'", name) end
+  local w = sched.world()
+  if not w then error("keel.queue: no runtime world (is keel running?)", 2) end
+  local q = C.keel_queue_new(w.clock, capacity, vis, max_attempts)
+  if q == nil then error("keel.queue: out of memory", 2) end
+  local self = setmetatable({
+    q = ffi.gc(q, C.keel_queue_free), span = C.keel_queue_span(q),
+    world = w, clock = w.clock,
+    capacity = capacity, visibility_ms = vis, max_attempts = max_attempts,
+    dead_letter = dlq, name = name,
+    items = {}, keys = {}, index = {}, meta = {}, fails = {},
+    waiters = sched.waitqueue(),
+    timer = nil, timer_at = huge, tgen = 0,
+    dead = 0, dead_lettered = 0, dropped = 0, redriven = 0, duplicates = 0, rejected = 0,
+  }, Queue)
+  metrics.register("queue", name, self)
+  return self
+end
