@@ -9,16 +9,34 @@ Channel.__index = Channel
 local CLOSED = setmetatable({}, { __tostring = function() return "closed" end })
 local TAKEN = {}
 
+local function buffered(self) return self.tail - self.head + 1 end
+
+-- A channel is a userdata proxy: LuaJIT (without 5.2 compatibility) ignores
+-- __len on tables, and #ch must work. Its own metatable holds the state.
+local function unwrap(fname, ch)
+  local mt = type(ch) == "userdata" and getmetatable(ch)
+  local st = mt and mt.state
+  if not st then
+    error(string.format("%s: call it as a method (ch:%s(...))", fname, fname:match("[:.]([%w_]+)$")), 3)
+  end
+  return st
+end
+
+local function len(ch) return buffered(getmetatable(ch).state) end
+local function tostr(ch) return "keel.channel(" .. getmetatable(ch).state.cap .. ")" end
+
 local function new(capacity)
   capacity = check.integer("keel.channel", "argument 'capacity'", capacity, 0, 0)
-  return setmetatable({
+  local st = {
     cap = capacity, buf = {}, head = 1, tail = 0,
     receivers = sched.waitqueue(), senders = sched.waitqueue(),
     closed = false,
-  }, Channel)
+  }
+  local ch = newproxy(true)
+  local mt = getmetatable(ch)
+  mt.state, mt.__index, mt.__len, mt.__tostring = st, Channel, len, tostr
+  return ch
 end
-
-local function buffered(self) return self.tail - self.head + 1 end
 
 local function shift(self)
   local i = self.head
@@ -35,8 +53,10 @@ local function push(self, v)
 end
 
 function Channel:send(v, timeout)
-  check.self("channel:send", self, Channel)
+  self = unwrap("channel:send", self)
   if v == nil then error("channel:send: argument 'value' must not be nil", 2) end
+  -- Validated up front, not only when the call happens to wait.
+  if timeout ~= nil then check.number("channel:send", "argument 'timeout_ms'", timeout, nil, 0) end
   if self.closed then return nil, "closed" end
   if buffered(self) == 0 and self.receivers:wake_one(v) then return true end
   if buffered(self) < self.cap then
@@ -53,7 +73,8 @@ function Channel:send(v, timeout)
 end
 
 function Channel:recv(timeout)
-  check.self("channel:recv", self, Channel)
+  self = unwrap("channel:recv", self)
+  if timeout ~= nil then check.number("channel:recv", "argument 'timeout_ms'", timeout, nil, 0) end
   if buffered(self) > 0 then
     local v = shift(self)
     -- A parked sender's value takes the freed slot, preserving FIFO order.
@@ -73,7 +94,7 @@ end
 -- Receivers drain what is buffered, then get nil, "closed"; blocked
 -- senders get nil, "closed" at once.
 function Channel:close()
-  check.self("channel:close", self, Channel)
+  self = unwrap("channel:close", self)
   if self.closed then return false end
   self.closed = true
   self.receivers:wake_all(CLOSED)
@@ -82,12 +103,10 @@ function Channel:close()
 end
 
 function Channel:capacity()
-  check.self("channel:capacity", self, Channel)
+  self = unwrap("channel:capacity", self)
   return self.cap
 end
 
-function Channel:is_closed() return self.closed end
-
-Channel.__len = buffered
+function Channel:is_closed() return unwrap("channel:is_closed", self).closed end
 
 return new

@@ -73,7 +73,15 @@ function keel.timeout(ms, fn, ...)
     end
     error(err, 0)
   end
-  return finish(child:join(ms))
+  -- If the caller itself is cancelled while waiting, the inner work goes too.
+  local function joined(ok, ...)
+    if not ok then
+      child:cancel()
+      error(..., 0)
+    end
+    return ...
+  end
+  return finish(joined(pcall(child.join, child, ms)))
 end
 
 local function check_fns(fname, fns)
@@ -156,6 +164,10 @@ function keel.random(m, n)
   if n == nil then m, n = 1, m end
   check.integer("keel.random", "argument 'm'", m)
   check.integer("keel.random", "argument 'n'", n)
+  -- Beyond 2^53 doubles are not exact integers and n - m could overflow int64.
+  if m < -2 ^ 53 or n > 2 ^ 53 then
+    error(string.format("keel.random: arguments must lie in [-2^53, 2^53] (got %.17g, %.17g)", m, n), 2)
+  end
   if m > n then error("keel.random: interval is empty (m > n)", 2) end
   return tonumber(C.keel_rand_range(rand, m, n))
 end

@@ -10,6 +10,7 @@ local ffi = require "ffi"
 local C = require "keel.ffi.core"
 
 local cocreate, coresume, yield, costatus = coroutine.create, coroutine.resume, coroutine.yield, coroutine.status
+local corunning = coroutine.running
 local select, type, tostring, setmetatable, error, pcall, xpcall =
   select, type, tostring, setmetatable, error, pcall, xpcall
 local traceback = debug.traceback
@@ -123,6 +124,12 @@ local function need_task(fname, level)
   if not task then
     error((fname or "keel") .. ": must be called inside a task (use keel.spawn)", (level or 2) + 1)
   end
+  -- A yield from a plain coroutine inside the task would park the task while
+  -- it keeps running, and the later wake-up would resume the wrong coroutine.
+  if corunning() ~= task.co then
+    error((fname or "keel") .. ": must be called from the task itself, not from a coroutine it created",
+      (level or 2) + 1)
+  end
   if task.cancelled and not task.shielded then error(CANCELLED, 0) end
   return task
 end
@@ -146,9 +153,11 @@ function sched.waitqueue()
   return setmetatable({ t = {}, g = {}, head = 1, tail = 0, n = 0 }, WaitQueue)
 end
 
+-- Removed entries become nil, never false: a queue that never empties (three
+-- consumers on one channel) must not accumulate dead slots.
 local function wq_remove(q, i, task)
   if q.t[i] == task then
-    q.t[i] = false
+    q.t[i], q.g[i] = nil, nil
     q.n = q.n - 1
     if q.n == 0 then
       -- Reset so indices never creep upwards across idle periods.
@@ -186,15 +195,17 @@ end
 function WaitQueue:wake_one(a, b, c)
   local t, g = self.t, self.g
   for i = self.head, self.tail do
-    local task = t[i]
+    local task, gen = t[i], g[i]
+    t[i], g[i] = nil, nil
+    self.head = i + 1
     if task then
-      local gen = g[i]
-      t[i] = false
-      self.head = i + 1
-      self.n = self.n - 1
-      if self.n == 0 then
-        for j = i, self.tail do t[j] = nil; g[j] = nil end
+      local n = self.n - 1
+      self.n = n
+      if n == 0 then
+        for j = i + 1, self.tail do t[j] = nil; g[j] = nil end
         self.head, self.tail = 1, 0
+        if wake(task, gen, a, b, c) then return task end
+        return nil
       end
       if wake(task, gen, a, b, c) then return task end
     end
