@@ -55,21 +55,35 @@ end
 
 local function slot_of(self, id) return id % self.span + 1 end
 
--- Fills a message table for delivery (id, attempt) of slot s.
-local function fill(self, msg, id)
-  local s = slot_of(self, id)
-  msg.id = id
-  msg.item = self.items[s]
-  msg.attempt = C.keel_queue_attempt(self.q, id)
-  msg.queue = self
-  local m = self.meta[s]
-  if m then
-    msg.error, msg.attempts, msg.first_failed, msg.last_failed, msg.source =
-      m.error, m.attempts, m.first_failed, m.last_failed, m.source
-  end
+local function add_meta(msg, m)
+  msg.error, msg.attempts, msg.first_failed, msg.last_failed, msg.source =
+    m.error, m.attempts, m.first_failed, m.last_failed, m.source
+end
+
+-- A delivery was just popped: its visibility deadline may be the earliest.
+local function watch_deadline(self)
   local deadline = self.clock.now_ms + self.visibility_ms
   if deadline < self.timer_at then set_timer(self, deadline, false) end
+end
+
+-- The message table for a delivery just popped (one constructor: LuaJIT
+-- builds it from a template without rehashing).
+local function new_msg(self, id)
+  local s = slot_of(self, id)
+  local msg = { id = id, item = self.items[s], attempt = C.keel_queue_attempt(self.q, id), queue = self }
+  local m = self.meta[s]
+  if m then add_meta(msg, m) end
+  watch_deadline(self)
   return msg
+end
+
+-- Same, into the table a waiting popper was already woken with.
+local function fill(self, msg, id)
+  local s = slot_of(self, id)
+  msg.id, msg.item, msg.attempt, msg.queue = id, self.items[s], C.keel_queue_attempt(self.q, id), self
+  local m = self.meta[s]
+  if m then add_meta(msg, m) end
+  watch_deadline(self)
 end
 
 -- Forgets everything Lua holds for a slot whose message left the queue.
@@ -209,7 +223,7 @@ function Queue:pop(opts)
   end
   if self.clock.now_ms >= self.timer_at then self:_service() end
   local id = C.keel_queue_pop(self.q, 0)
-  if id >= 0 then return fill(self, {}, id) end
+  if id >= 0 then return new_msg(self, id) end
   if wait_ms <= 0 then return nil, "empty" end
   -- the timer may now release what this popper waits for: let it hold the world open
   if self.timer and not self.timer.referenced then set_timer(self, self.timer_at, true) end
@@ -218,7 +232,7 @@ function Queue:pop(opts)
   -- a message due exactly at the wait deadline still counts
   if self.clock.now_ms >= self.timer_at then self:_service() end
   id = C.keel_queue_pop(self.q, 0)
-  if id >= 0 then return fill(self, {}, id) end
+  if id >= 0 then return new_msg(self, id) end
   return nil, "timeout"
 end
 
@@ -293,10 +307,7 @@ function Queue:peek(n)
     local s = slot_of(self, id)
     local msg = { id = id, item = self.items[s], attempt = C.keel_queue_attempt(self.q, id) }
     local m = self.meta[s]
-    if m then
-      msg.error, msg.attempts, msg.first_failed, msg.last_failed, msg.source =
-        m.error, m.attempts, m.first_failed, m.last_failed, m.source
-    end
+    if m then add_meta(msg, m) end
     out[#out + 1] = msg
   end
   return out
