@@ -502,6 +502,55 @@ describe("keel.queue", function()
     end)
   end)
 
+  describe("lifetime", function()
+    it("in-flight and delayed messages do not keep a sim alive", function()
+      local r = keel.sim({ seed = 1 }, function()
+        local q = keel.queue { visibility_ms = 1e9 }
+        q:push(1); q:push(2, { delay_ms = 1e9 })
+        q:pop()
+        return "ended"
+      end)
+      assert.equal("ended", r)
+    end)
+
+    it("a popper waiting forever on an empty queue is a deadlock in a sim", function()
+      local ok, err = pcall(keel.sim, { seed = 1 }, function()
+        local q = keel.queue()
+        q:pop { wait_ms = math.huge }
+      end)
+      assert.is_false(ok)
+      assert.matches("deadlock", err)
+    end)
+
+    it("waiters that timed out are skipped; the rest still get messages in order", function()
+      sim(function()
+        local q = keel.queue()
+        local got = {}
+        local short = keel.spawn(function() return q:pop { wait_ms = 5 } end)
+        local long = keel.spawn(function()
+          local m = q:pop { wait_ms = 100 }
+          got[#got + 1] = m.item
+        end)
+        keel.sleep(10)
+        assert.same({ true, nil, "timeout" }, { short:join() })
+        q:push("x")
+        long:join()
+        assert.same({ "x" }, got)
+        assert.equal(0, q:stats().waiting)
+      end)
+    end)
+
+    it("expiry redelivery goes to a popper already waiting on the queue", function()
+      sim(function()
+        local q = keel.queue { visibility_ms = 30, max_attempts = 2 }
+        q:push("j")
+        local first = q:pop()
+        local m = q:pop { wait_ms = 1000 }
+        assert.same({ first.id, 2, 30 }, { m.id, m.attempt, keel.now() })
+      end)
+    end)
+  end)
+
   describe("stats and metrics", function()
     it("reports a flat table of numbers and registers when named", function()
       sim(function()
