@@ -8,9 +8,7 @@ local check = require "keel.check"
 local metrics = require "keel.metrics"
 local sched = require "keel.sched"
 
-local type, tostring, getmetatable, error = type, tostring, getmetatable, error
-
-local MAX_KEY = 65535
+local tostring, getmetatable, error = tostring, getmetatable, error
 
 local Dedup = {}
 Dedup.__index = Dedup
@@ -40,14 +38,9 @@ local function new(opts)
   return self
 end
 
--- Strings as they are, numbers as tostring(n) (so 1 and "1" are one key).
-local function key_of(fname, key)
-  if type(key) ~= "string" then key = check.key(fname, "argument 'key'", key) end
-  if #key > MAX_KEY then
-    error(string.format("%s: argument 'key' must be at most %d bytes (got %d)", fname, MAX_KEY, #key), 3)
-  end
-  return key
-end
+local keyarg = require "keel.keyarg"
+
+local function key_of(fname, key) return keyarg(fname, "argument 'key'", key, 3) end
 
 function Dedup:seen(key)
   if getmetatable(self) ~= Dedup then check.self("dedup:seen", self, Dedup) end
