@@ -41,18 +41,17 @@ function keel.current() return sched.current() end
 
 function keel.defer(fn) return sched.defer(fn, "keel.defer") end
 
-local function timer_args(fname, ms, fn)
-  check.number(fname, "argument 'ms'", ms, nil, 0)
-  check.func(fname, "argument 'fn'", fn)
-end
-
+-- check.* raise at the level of their caller's caller: call them straight
+-- from the public function so the error points at the user's line.
 function keel.after(ms, fn)
-  timer_args("keel.after", ms, fn)
+  check.number("keel.after", "argument 'ms'", ms, nil, 0)
+  check.func("keel.after", "argument 'fn'", fn)
   return sched.after(ms, fn, nil, "keel.after")
 end
 
 function keel.every(ms, fn)
-  timer_args("keel.every", ms, fn)
+  check.number("keel.every", "argument 'ms'", ms, nil, 0)
+  check.func("keel.every", "argument 'fn'", fn)
   if ms <= 0 then error("keel.every: argument 'ms' must be a number > 0 (got " .. tostring(ms) .. ")", 2) end
   return sched.after(ms, fn, ms, "keel.every")
 end
@@ -88,7 +87,12 @@ local function check_fns(fname, fns)
   if type(fns) ~= "table" then
     error(fname .. ": argument 'fns' must be a table of functions (got " .. type(fns) .. ")", 3)
   end
-  for i = 1, #fns do check.func(fname, "fns[" .. i .. "]", fns[i]) end
+  for i = 1, #fns do
+    local f = fns[i]
+    if type(f) ~= "function" and not (getmetatable(f) and getmetatable(f).__call) then
+      error(string.format("%s: fns[%d] must be a function (got %s)", fname, i, tostring(f)), 3)
+    end
+  end
   sched.need_task(fname, 3)
 end
 
@@ -161,8 +165,8 @@ end
 function keel.random(m, n)
   local rand = sched.world().rand
   if m == nil then return C.keel_rand_double(rand) end
-  if n == nil then m, n = 1, m end
   check.integer("keel.random", "argument 'm'", m)
+  if n == nil then m, n = 1, m end
   check.integer("keel.random", "argument 'n'", n)
   -- Beyond 2^53 doubles are not exact integers and n - m could overflow int64.
   if m < -2 ^ 53 or n > 2 ^ 53 then

@@ -455,7 +455,12 @@ function Task:join(timeout)
   if self.state ~= "done" and self.state ~= "failed" and self.state ~= "cancelled" then
     self.joiners = self.joiners or sched.waitqueue()
     local ok, err = self.joiners:wait(timeout, "task:join")
-    if ok == nil and err == "timeout" then return false, "timeout" end
+    -- A task that ended at the very instant of the timeout (and ran before
+    -- us) counts as finished: its result is there, report it.
+    if ok == nil and err == "timeout" and self.state ~= "done" and self.state ~= "failed"
+      and self.state ~= "cancelled" then
+      return false, "timeout"
+    end
   end
   if self.state == "done" then
     local res = self.res
