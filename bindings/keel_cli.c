@@ -82,7 +82,7 @@ int main(int argc, char **argv) {
         if (access(script, R_OK) != 0) return usage_error("cannot read script '%s'", script);
     }
 
-    keel_options opts = { .sim = sim, .seed = seed, .exit_on_stuck = 1 };
+    keel_options opts = { .sim = sim, .seed = seed, .run_to_completion = 1 };
     keel_runtime *rt = keel_new(&opts);
     if (!rt) return 1;
 

@@ -41,7 +41,7 @@ struct keel_runtime {
     pthread_mutex_t events_lock;
     event_node *events_head, *events_tail;
     int closing;
-    int running, finished, exit_code, exit_on_stuck;
+    int running, finished, exit_code, run_to_completion;
     int in_tick;
     char error[1024];
     char *call_buf;
@@ -151,14 +151,18 @@ static void tick(keel_runtime *rt) {
             uv_timer_stop(&rt->timer);
         }
         break;
-    case ST_DONE:
     case ST_EXIT:
         finish(rt, code);
+        break;
+    case ST_DONE:
+        uv_idle_stop(&rt->idle);
+        uv_timer_stop(&rt->timer);
+        if (rt->run_to_completion) finish(rt, code);
         break;
     case ST_STUCK:
         uv_idle_stop(&rt->idle);
         uv_timer_stop(&rt->timer);
-        if (rt->exit_on_stuck) {
+        if (rt->run_to_completion) {
             fprintf(stderr, "keel: deadlock: %d task(s) are waiting and nothing can wake them\n", alive);
             finish(rt, 1);
         }
@@ -284,7 +288,7 @@ keel_runtime *keel_new(const keel_options *opts) {
         rt->loop = &rt->owned_loop;
         rt->owns_loop = 1;
     }
-    rt->exit_on_stuck = opts->exit_on_stuck;
+    rt->run_to_completion = opts->run_to_completion;
     rt->seed = opts->seed ? opts->seed : (opts->sim ? 0 : random_seed());
     keel_clock_init(&rt->clock, opts->sim ? 1 : 0, 1.7e12);
     keel_rand_seed(&rt->rand, rt->seed);
@@ -296,7 +300,9 @@ keel_runtime *keel_new(const keel_options *opts) {
     rt->timer.data = rt;
     uv_async_init(rt->loop, &rt->async, on_async);
     rt->async.data = rt;
-    uv_unref((uv_handle_t *)&rt->async);
+    /* A host may post events at any time, so the async handle keeps its loop
+     * alive; a run-to-completion run (the CLI) has no poster to wait for. */
+    if (rt->run_to_completion) uv_unref((uv_handle_t *)&rt->async);
 
     rt->L = luaL_newstate();
     if (!rt->L) { keel_free(rt); return NULL; }
@@ -331,7 +337,10 @@ static void start_main(keel_runtime *rt, int nargs) {
     /* stack: chunk, args... */
     push_boot_fn(rt, "start_main");
     lua_insert(rt->L, -2 - nargs);
-    if (call_lua(rt, 1 + nargs, 0) != 0) finish(rt, 1);
+    if (call_lua(rt, 1 + nargs, 0) != 0) { finish(rt, 1); return; }
+    /* Run the script's top level now (up to its first wait), so a host can
+     * call the functions it defines right after loading it. */
+    tick(rt);
     schedule(rt);
 }
 
@@ -448,8 +457,8 @@ int keel_run(keel_runtime *rt) {
          * settles whether anything can still happen. */
         tick(rt);
         if (!rt->finished && !uv_loop_alive(rt->loop)) {
-            fprintf(stderr, "keel: deadlock: tasks are waiting and nothing can wake them\n");
-            finish(rt, 1);
+            if (rt->run_to_completion) fprintf(stderr, "keel: deadlock: tasks are waiting and nothing can wake them\n");
+            finish(rt, rt->run_to_completion ? 1 : rt->exit_code);
         }
     }
     rt->running = 0;

@@ -26,8 +26,11 @@ typedef struct keel_options {
     int sim;              /* non-zero: virtual time (as keel --sim) */
     uint64_t seed;        /* PRNG seed; 0 in real time picks a random one */
     const char *lua_root; /* directory holding lua/keel; NULL: found from the executable */
-    int exit_on_stuck;    /* non-zero: keel_run ends (code 1) when every task waits
-                             and nothing can wake them; the CLI sets it */
+    int run_to_completion; /* non-zero (the CLI): the run ends with code 0 once every
+                              task has finished and no timer is armed, and with code 1
+                              when tasks wait and nothing can wake them. Zero (default
+                              for hosts): the runtime stays up for keel_call/keel_post
+                              until keel.exit() or keel_stop(). */
 } keel_options;
 
 enum { KEEL_NIL = 0, KEEL_BOOLEAN, KEEL_NUMBER, KEEL_STRING };
@@ -66,9 +69,9 @@ int keel_call(keel_runtime *rt, const char *fn, const keel_value *args, int narg
  * Returns 0, or -1 when out of memory or the runtime is closing. */
 int keel_post(keel_runtime *rt, const char *name, const char *payload, size_t len);
 
-/* Runs the loop until the scripts are done (every task finished and no timer
- * armed), keel.exit() is called or keel_stop(). Returns the exit code. With a
- * host-owned loop the host may instead run the loop itself and poll keel_done. */
+/* Runs the loop until the run ends (see run_to_completion), keel.exit() or
+ * keel_stop(). Returns the exit code. With a host-owned loop the host may
+ * instead run the loop itself and poll keel_done. */
 int keel_run(keel_runtime *rt);
 int keel_done(const keel_runtime *rt);
 int keel_exit_code(const keel_runtime *rt);
