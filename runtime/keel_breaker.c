@@ -230,6 +230,8 @@ int keel_breaker_set_open_ms(keel_breaker_t *b, double ms) {
     return 0;
 }
 
+int32_t keel_breaker_opens(const keel_breaker_t *b) { return b->consecutive_opens; }
+
 void keel_breaker_stats(keel_breaker_t *b, keel_breaker_stats_t *out) {
     if (b->buckets) advance(b);
     check_open_expiry(b);

@@ -73,6 +73,8 @@ int keel_breaker_force(keel_breaker_t *b, int state);
  * Returns 0, or -1 when not OPEN or ms is negative/NaN. */
 int keel_breaker_set_open_ms(keel_breaker_t *b, double ms);
 /* Not const: a time window first drops the seconds that have passed. */
+/* Openings since the breaker last closed (1 during the first open period). */
+int32_t keel_breaker_opens(const keel_breaker_t *b);
 void keel_breaker_stats(keel_breaker_t *b, keel_breaker_stats_t *out);
 
 #endif

@@ -18,6 +18,7 @@ int keel_breaker_cancel(keel_breaker_t *b);
 int keel_breaker_state(keel_breaker_t *b);
 int keel_breaker_force(keel_breaker_t *b, int state);
 int keel_breaker_set_open_ms(keel_breaker_t *b, double ms);
+int32_t keel_breaker_opens(const keel_breaker_t *b);
 void keel_breaker_stats(keel_breaker_t *b, keel_breaker_stats_t *out);
 ]]
 

@@ -1,0 +1,214 @@
+-- keel.breaker{...}: circuit breaker over runtime/keel_breaker.c. allow and
+-- record are one FFI call each; the C side returns the state it leaves the
+-- breaker in, so transitions are noticed here without another call, and
+-- on_state callbacks run after the transition is complete.
+local ffi = require "ffi"
+local bit = require "bit"
+local C = require "keel.ffi.breaker"
+local check = require "keel.check"
+local sched = require "keel.sched"
+local metrics = require "keel.metrics"
+local new_backoff = require "keel.backoff"
+
+local FNAME = "keel.breaker"
+local OPTS = check.set { "window", "size", "min_calls", "failure_rate", "slow_ms", "slow_rate",
+                         "open_ms", "half_open_calls", "name" }
+local NAMES = { [0] = "closed", "open", "half_open", "forced_open", "disabled" }
+local CODES = { closed = 0, open = 1, half_open = 2, forced_open = 3, disabled = 4 }
+local OPEN = 1
+local INT_MAX = 2147483647
+
+local band, rshift = bit.band, bit.rshift
+local type, pcall, xpcall, error, getmetatable, tostring = type, pcall, xpcall, error, getmetatable, tostring
+local traceback = debug.traceback
+
+local Breaker = {}
+Breaker.__index = Breaker
+
+local function self_check(fname, self)
+  if getmetatable(self) ~= Breaker then check.self(fname, self, Breaker) end
+end
+
+-- Fires callbacks for queued transitions in order. A callback that triggers
+-- another transition (re-entrant use) only queues it; the outer loop fires it
+-- next, so every callback sees transitions in the order they happened.
+local function drain(self)
+  if self.firing then return end
+  self.firing = true
+  local pending = self.pending
+  local i = 1
+  while i < pending.n do
+    local from, to = pending[i], pending[i + 1]
+    i = i + 2
+    local cbs = self.callbacks
+    for k = 1, #cbs do
+      local ok, err = xpcall(cbs[k], traceback, from, to)
+      if not ok then
+        sched.report(string.format("%s%s: on_state callback failed (%s -> %s): %s", FNAME,
+          self.name and ("(" .. self.name .. ")") or "", from, to, tostring(err)))
+      end
+    end
+  end
+  for k = 1, pending.n do pending[k] = nil end
+  pending.n = 0
+  self.firing = false
+end
+
+local function moved(self, to)
+  local from = self.st
+  self.st = to
+  if to == OPEN and self.open_backoff then
+    local ms = self.open_backoff:delay(C.keel_breaker_opens(self.p))
+    C.keel_breaker_set_open_ms(self.p, ms)
+  end
+  if from ~= to and self.callbacks[1] then
+    local pending = self.pending
+    local n = pending.n
+    pending[n + 1], pending[n + 2] = NAMES[from], NAMES[to]
+    pending.n = n + 2
+    drain(self)
+  end
+end
+
+-- true, or nil, "open". A permit from allow() must be followed by record()
+-- (or cancel() when the call ended without an outcome).
+function Breaker:allow()
+  self_check("breaker:allow", self)
+  local r = C.keel_breaker_allow(self.p)
+  local st = rshift(r, 1)
+  if st ~= self.st then moved(self, st) end
+  if band(r, 1) == 1 then return true end
+  return nil, "open"
+end
+
+function Breaker:record(ok, duration_ms)
+  self_check("breaker:record", self)
+  if duration_ms == nil then duration_ms = 0
+  elseif type(duration_ms) ~= "number" or duration_ms ~= duration_ms then
+    check.number("breaker:record", "argument 'duration_ms'", duration_ms)
+  end
+  local st = C.keel_breaker_record(self.p, ok and 1 or 0, duration_ms)
+  if st ~= self.st then moved(self, st) end
+end
+
+function Breaker:cancel()
+  self_check("breaker:cancel", self)
+  C.keel_breaker_cancel(self.p)
+end
+
+local function finish(self, t0, ok, ...)
+  local err = ...
+  if not ok and err == sched.CANCELLED then
+    self:cancel()
+    error(err, 0)
+  end
+  self:record(ok, sched.now() - t0)
+  if not ok then error(err, 0) end
+  return ...
+end
+
+-- fn's results; a raised error is recorded as a failure and re-raised;
+-- nil, "open" when the breaker refuses the call.
+function Breaker:call(fn, ...)
+  self_check("breaker:call", self)
+  check.func("breaker:call", "argument 'fn'", fn)
+  local ok = self:allow()
+  if not ok then return nil, "open" end
+  return finish(self, sched.now(), pcall(fn, ...))
+end
+
+function Breaker:state()
+  self_check("breaker:state", self)
+  local st = C.keel_breaker_state(self.p)
+  if st ~= self.st then moved(self, st) end
+  return NAMES[st]
+end
+
+function Breaker:force(state)
+  self_check("breaker:force", self)
+  local code = CODES[state]
+  if not code then check.oneof("breaker:force", "argument 'state'", state, nil,
+    { "closed", "open", "half_open", "forced_open", "disabled" }) end
+  local from = self.st
+  local to = C.keel_breaker_force(self.p, code)
+  if to == OPEN or to ~= from then
+    self.st = from -- so moved() reports the real origin
+    moved(self, to)
+  end
+  return self
+end
+
+function Breaker:on_state(fn)
+  self_check("breaker:on_state", self)
+  check.func("breaker:on_state", "argument 'fn'", fn)
+  local cbs = self.callbacks
+  cbs[#cbs + 1] = fn
+  return self
+end
+
+function Breaker:stats()
+  self_check("breaker:stats", self)
+  local s = self.sbuf
+  C.keel_breaker_stats(self.p, s)
+  local st = tonumber(s.state)
+  if st ~= self.st then moved(self, st) end
+  local calls = s.window_calls
+  return {
+    state = NAMES[st], window_calls = calls, window_failures = s.window_failures,
+    window_slow = s.window_slow,
+    failure_rate = calls > 0 and s.window_failures * 100 / calls or 0,
+    slow_rate = calls > 0 and s.window_slow * 100 / calls or 0,
+    half_open_permits = s.half_open_permits, consecutive_opens = s.consecutive_opens,
+    calls = s.calls, failures = s.failures, slow = s.slow, allowed = s.allowed,
+    rejected = s.rejected, opened = s.opened, open_until_ms = s.open_until_ms,
+  }
+end
+
+function Breaker:__tostring()
+  return "keel.breaker(" .. (self.name or "") .. ", " .. NAMES[self.st] .. ")"
+end
+
+local function open_option(v)
+  if v == nil then return 60000 end
+  if type(v) == "number" then return check.number(FNAME, "option 'open_ms'", v, nil, 0, 1e12) end
+  if type(v) == "table" then
+    if type(v.delay) == "function" then return nil, v end
+    local base = v.base_ms or v[1]
+    local b = new_backoff {
+      base_ms = check.number(FNAME, "option 'open_ms.base_ms'", base, nil, 0, 1e12),
+      cap_ms = check.number(FNAME, "option 'open_ms.cap_ms'", v.cap_ms or v[2], math.max(base, 60000) , base, 1e12),
+      factor = check.number(FNAME, "option 'open_ms.factor'", v.factor or v[3], 2, 1, 1e6),
+      jitter = "none",
+    }
+    return nil, b
+  end
+  error(FNAME .. ": option 'open_ms' must be a number >= 0, a keel.backoff or {base_ms, cap_ms, factor} (got "
+        .. tostring(v) .. ")", 3)
+end
+
+return function(opts)
+  opts = check.opts(FNAME, opts, OPTS)
+  local window = check.oneof(FNAME, "option 'window'", opts.window, "count", { "count", "time" })
+  local size = check.integer(FNAME, "option 'size'", opts.size, 100, 1, 1000000)
+  local min_calls = check.integer(FNAME, "option 'min_calls'", opts.min_calls, 100, 1, INT_MAX)
+  local failure_rate = check.number(FNAME, "option 'failure_rate'", opts.failure_rate, 50, 0, 100)
+  local slow_ms = check.number(FNAME, "option 'slow_ms'", opts.slow_ms, 60000, 0, math.huge)
+  local slow_rate = check.number(FNAME, "option 'slow_rate'", opts.slow_rate, 100, 0, 100)
+  if failure_rate == 0 then check.number(FNAME, "option 'failure_rate'", 0, nil, 1e-9, 100) end
+  if slow_rate == 0 then check.number(FNAME, "option 'slow_rate'", 0, nil, 1e-9, 100) end
+  local open_ms, open_backoff = open_option(opts.open_ms)
+  local half_open_calls = check.integer(FNAME, "option 'half_open_calls'", opts.half_open_calls, 10, 1, INT_MAX)
+  local name = opts.name ~= nil and check.string(FNAME, "option 'name'", opts.name) or nil
+  local w = sched.world()
+  if not w then error(FNAME .. ": no runtime world (is keel running?)", 2) end
+  local p = C.keel_breaker_new(w.clock, window == "time" and 1 or 0, size, min_calls, failure_rate,
+                               slow_ms, slow_rate, open_ms or 0, half_open_calls)
+  if p == nil then error(FNAME .. ": out of memory", 2) end
+  local self = setmetatable({
+    p = ffi.gc(p, C.keel_breaker_free), clock = w.clock, st = 0, name = name,
+    callbacks = {}, pending = { n = 0 }, firing = false, open_backoff = open_backoff,
+    sbuf = ffi.new("keel_breaker_stats_t"),
+  }, Breaker)
+  metrics.register("breaker", name, self)
+  return self
+end
