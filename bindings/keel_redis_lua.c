@@ -1,0 +1,360 @@
+/* Lua glue for runtime/keel_redis: the module "keel.redis.core".
+ * Replies are converted into Lua values inside the hiredis callback (so no
+ * redisReply outlives it) and handed to the waiting task through
+ * keel_rt_complete. Request ids: a single call uses (completion id << 1); a
+ * pipeline batch uses (batch pointer | 1), its replies arriving in order. */
+#include <lua.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "keel_rt.h"
+#include "keel_redis.h"
+
+#define CONN_MT "keel.redis.conn"
+#define MAX_ARGS 1048576
+
+typedef struct {
+    keel_redis_t *r;     /* NULL once closed */
+    keel_runtime *rt;
+    int dead;            /* the Lua side is gone: drop replies */
+} glue_t;
+
+typedef struct {
+    glue_t *g;
+    int64_t id;
+    int ref;             /* registry ref of the results table */
+    int n, next;
+    int failed;
+    char err[300];
+} batch_t;
+
+static const char *status_code(int status) {
+    switch (status) {
+    case KEEL_REDIS_ETIMEOUT: return "timeout";
+    case KEEL_REDIS_ECONN: return "conn";
+    case KEEL_REDIS_ECLOSED: return "closed";
+    case KEEL_REDIS_EFULL: return "full";
+    default: return "error";
+    }
+}
+
+static void push_reply(lua_State *L, const redisReply *r, int nested) {
+    switch (r->type) {
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+        lua_pushlstring(L, r->str, r->len);
+        break;
+    case REDIS_REPLY_INTEGER:
+        lua_pushnumber(L, (lua_Number)r->integer);
+        break;
+    case REDIS_REPLY_NIL:
+        /* inside an array nil would punch a hole; false keeps # and ipairs */
+        if (nested) lua_pushboolean(L, 0); else lua_pushnil(L);
+        break;
+    case REDIS_REPLY_ERROR:
+        lua_createtable(L, 0, 1);
+        lua_pushlstring(L, r->str, r->len);
+        lua_setfield(L, -2, "err");
+        break;
+    case REDIS_REPLY_ARRAY: {
+        lua_createtable(L, (int)(r->elements > 1u << 24 ? 1u << 24 : r->elements), 0);
+        for (size_t i = 0; i < r->elements; i++) {
+            push_reply(L, r->element[i], 1);
+            lua_rawseti(L, -2, (int)i + 1);
+        }
+        break;
+    }
+    default:
+        lua_pushnil(L);
+    }
+}
+
+static void push_failure(lua_State *L, int status, const char *err) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", status_code(status), err ? err : "");
+}
+
+static void on_batch_reply(batch_t *b, lua_State *L, const redisReply *rep, int status, const char *err) {
+    int i = ++b->next;
+    if (!b->failed) {
+        if (status != KEEL_REDIS_OK) {
+            b->failed = 1;
+            snprintf(b->err, sizeof b->err, "%s: %s", status_code(status), err ? err : "");
+        } else {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, b->ref);
+            if (rep->type == REDIS_REPLY_ERROR) {
+                lua_getfield(L, -1, "err");
+                lua_pushlstring(L, rep->str, rep->len);
+                lua_rawseti(L, -2, i);
+                lua_pop(L, 1);
+            } else if (rep->type != REDIS_REPLY_NIL) {
+                push_reply(L, rep, 0);
+                lua_rawseti(L, -2, i);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    if (b->next < b->n) return;
+    if (b->failed) {
+        lua_pushnil(L);
+        lua_pushstring(L, b->err);
+    } else {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, b->ref);
+        lua_pushnil(L);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, b->ref);
+    keel_rt_complete(b->g->rt, b->id, 2);
+    free(b);
+}
+
+static void on_reply(void *ud, uint64_t req_id, const redisReply *rep, int status, const char *err) {
+    glue_t *g = ud;
+    if (req_id & 1) {
+        batch_t *b = (batch_t *)(uintptr_t)(req_id & ~(uint64_t)1);
+        if (g->dead) { if (++b->next >= b->n) free(b); return; }
+        on_batch_reply(b, keel_rt_state(g->rt), rep, status, err);
+        return;
+    }
+    if (g->dead) return;
+    lua_State *L = keel_rt_state(g->rt);
+    int64_t id = (int64_t)(req_id >> 1);
+    if (status != KEEL_REDIS_OK) {
+        push_failure(L, status, err);
+        keel_rt_complete(g->rt, id, 2);
+    } else if (rep->type == REDIS_REPLY_ERROR) {
+        lua_pushnil(L);
+        lua_pushlstring(L, rep->str, rep->len);
+        keel_rt_complete(g->rt, id, 2);
+    } else {
+        push_reply(L, rep, 0);
+        keel_rt_complete(g->rt, id, 1);
+    }
+}
+
+static void on_free(void *ud) { free(ud); }
+
+static glue_t *check_conn(lua_State *L, int idx) {
+    glue_t **p = luaL_checkudata(L, idx, CONN_MT);
+    return *p;
+}
+
+/* new(host, port, password|nil, username|nil, db, connect_timeout_ms,
+ *     backoff_base_ms, backoff_max_ms, max_pending) -> conn | nil, err */
+static int l_new(lua_State *L) {
+    keel_runtime *rt = keel_rt_from_lua(L);
+    if (!rt) return luaL_error(L, "keel.redis: no runtime");
+    keel_redis_opts_t o;
+    memset(&o, 0, sizeof o);
+    o.host = luaL_checkstring(L, 1);
+    o.port = (int)luaL_checkinteger(L, 2);
+    if (!lua_isnil(L, 3)) o.password = luaL_checklstring(L, 3, &o.password_len);
+    if (!lua_isnil(L, 4)) o.username = luaL_checklstring(L, 4, &o.username_len);
+    o.db = (int)luaL_optinteger(L, 5, 0);
+    o.connect_timeout_ms = luaL_optnumber(L, 6, 2000);
+    o.backoff_base_ms = luaL_optnumber(L, 7, 50);
+    o.backoff_max_ms = luaL_optnumber(L, 8, 2000);
+    o.max_pending = (uint32_t)luaL_optinteger(L, 9, 65536);
+    o.on_reply = on_reply;
+    o.on_free = on_free;
+    glue_t *g = calloc(1, sizeof *g);
+    if (!g) return luaL_error(L, "keel.redis: out of memory");
+    g->rt = rt;
+    o.ud = g;
+    glue_t **p = lua_newuserdata(L, sizeof *p);
+    *p = NULL;
+    luaL_getmetatable(L, CONN_MT);
+    lua_setmetatable(L, -2);
+    g->r = keel_redis_new(keel_rt_loop(rt), keel_rt_clock(rt), keel_rt_rand(rt), &o);
+    if (!g->r) {
+        free(g);
+        lua_pushnil(L);
+        lua_pushliteral(L, "keel.redis: cannot create client (out of memory)");
+        return 2;
+    }
+    *p = g;
+    return 1;
+}
+
+static int l_gc(lua_State *L) {
+    glue_t **p = luaL_checkudata(L, 1, CONN_MT);
+    glue_t *g = *p;
+    if (g && g->r) {
+        g->dead = 1;
+        keel_redis_abandon(g->r); /* frees g through on_free */
+        g->r = NULL;
+    }
+    *p = NULL;
+    return 0;
+}
+
+static int l_close(lua_State *L) {
+    glue_t **p = luaL_checkudata(L, 1, CONN_MT);
+    glue_t *g = *p;
+    /* g now belongs to the C client until on_free: it still receives the
+     * "closed" failures of outstanding requests */
+    *p = NULL;
+    if (g && g->r) {
+        keel_redis_close(g->r);
+        g->r = NULL;
+    }
+    return 0;
+}
+
+/* ready(conn) -> true | nil, err: whether a command can be queued now */
+static int l_ready(lua_State *L) {
+    glue_t *g = check_conn(L, 1);
+    if (!g || !g->r) { push_failure(L, KEEL_REDIS_ECLOSED, "client closed"); return 2; }
+    int st = keel_redis_state(g->r);
+    if (st == KEEL_REDIS_S_BACKOFF) {
+        const char *e = keel_redis_last_error(g->r);
+        push_failure(L, KEEL_REDIS_ECONN, e[0] ? e : "not connected");
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int fill_args(lua_State *L, int first, int last, const char **argv, size_t *lens) {
+    for (int i = first; i <= last; i++) {
+        int t = lua_type(L, i);
+        if (t != LUA_TSTRING && t != LUA_TNUMBER)
+            return luaL_error(L, "keel.redis: command argument %d must be a string or number (got %s)",
+                              i - first + 1, lua_typename(L, t));
+        argv[i - first] = lua_tolstring(L, i, &lens[i - first]);
+    }
+    return 0;
+}
+
+static int push_send_error(lua_State *L, glue_t *g, int rc) {
+    const char *e = rc == KEEL_REDIS_ECONN ? keel_redis_last_error(g->r)
+                  : rc == KEEL_REDIS_EFULL ? "too many outstanding requests"
+                  : rc == KEEL_REDIS_ECLOSED ? "client closed" : "bad arguments";
+    push_failure(L, rc, e[0] ? e : "not connected");
+    return 2;
+}
+
+/* call(conn, id, timeout_ms, cmd, args...) -> true | nil, err */
+static int l_call(lua_State *L) {
+    glue_t *g = check_conn(L, 1);
+    if (!g || !g->r) { push_failure(L, KEEL_REDIS_ECLOSED, "client closed"); return 2; }
+    int64_t id = (int64_t)luaL_checknumber(L, 2);
+    double timeout = luaL_optnumber(L, 3, 0);
+    int top = lua_gettop(L);
+    int argc = top - 3;
+    if (argc < 1) return luaL_error(L, "keel.redis: call needs a command name");
+    if (argc > MAX_ARGS) return luaL_error(L, "keel.redis: too many command arguments (%d)", argc);
+    const char *sargv[16];
+    size_t slens[16];
+    const char **argv = sargv;
+    size_t *lens = slens;
+    if (argc > 16) {
+        argv = lua_newuserdata(L, (size_t)argc * sizeof *argv);
+        lens = lua_newuserdata(L, (size_t)argc * sizeof *lens);
+    }
+    fill_args(L, 4, top, argv, lens);
+    int rc = keel_redis_command(g->r, (uint64_t)id << 1, argc, argv, lens, timeout);
+    if (rc != KEEL_REDIS_OK) return push_send_error(L, g, rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* batch(conn, id, timeout_ms, cmds) -> true | nil, err
+ * cmds is a list of argument lists; the completion gets (results, nil) with
+ * results = { [i] = value, n = count, err = { [i] = "ERR ..." } }, or
+ * (nil, "code: detail") when any command failed at the connection level. */
+static int l_batch(lua_State *L) {
+    glue_t *g = check_conn(L, 1);
+    if (!g || !g->r) { push_failure(L, KEEL_REDIS_ECLOSED, "client closed"); return 2; }
+    int64_t id = (int64_t)luaL_checknumber(L, 2);
+    double timeout = luaL_optnumber(L, 3, 0);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    int n = (int)lua_objlen(L, 4);
+    if (n == 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "empty");
+        return 2;
+    }
+    batch_t *b = calloc(1, sizeof *b);
+    if (!b) return luaL_error(L, "keel.redis: out of memory");
+    b->g = g;
+    b->id = id;
+    b->n = n;
+    lua_createtable(L, n, 2);
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, "n");
+    lua_newtable(L);
+    lua_setfield(L, -2, "err");
+    b->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    int sent = 0;
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, 4, i);
+        int base = lua_gettop(L);
+        int argc = (int)lua_objlen(L, base);
+        if (lua_type(L, base) != LUA_TTABLE || argc < 1 || argc > MAX_ARGS) {
+            lua_pop(L, 1);
+            continue; /* validated in Lua; never reached */
+        }
+        const char **argv = lua_newuserdata(L, (size_t)argc * sizeof *argv);
+        size_t *lens = lua_newuserdata(L, (size_t)argc * sizeof *lens);
+        for (int k = 1; k <= argc; k++) lua_rawgeti(L, base, k);
+        fill_args(L, base + 3, base + 2 + argc, argv, lens);
+        int rc = keel_redis_command(g->r, (uint64_t)(uintptr_t)b | 1u, argc, argv, lens, timeout);
+        lua_settop(L, base - 1);
+        if (rc != KEEL_REDIS_OK) {
+            if (sent == 0) {
+                luaL_unref(L, LUA_REGISTRYINDEX, b->ref);
+                free(b);
+                return push_send_error(L, g, rc);
+            }
+            /* the sent ones will still report; fail the rest right here */
+            b->n = sent;
+            b->failed = 1;
+            snprintf(b->err, sizeof b->err, "%s: %s", status_code(rc),
+                     rc == KEEL_REDIS_EFULL ? "too many outstanding requests" : keel_redis_last_error(g->r));
+            break;
+        }
+        sent++;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_state(lua_State *L) {
+    glue_t *g = check_conn(L, 1);
+    static const char *names[] = { "connecting", "ready", "reconnecting", "closed" };
+    int st = (g && g->r) ? keel_redis_state(g->r) : KEEL_REDIS_S_CLOSED;
+    lua_pushstring(L, names[st & 3]);
+    lua_pushstring(L, (g && g->r) ? keel_redis_last_error(g->r) : "");
+    return 2;
+}
+
+static int l_stats(lua_State *L) {
+    glue_t *g = check_conn(L, 1);
+    keel_redis_stats_t s;
+    memset(&s, 0, sizeof s);
+    if (g && g->r) keel_redis_get_stats(g->r, &s);
+    lua_createtable(L, 0, 10);
+#define F(name) lua_pushnumber(L, (lua_Number)s.name); lua_setfield(L, -2, #name)
+    F(sent); F(replies); F(error_replies); F(timeouts); F(conn_errors); F(full);
+    F(connects); F(reconnects); F(connect_failures); F(pending);
+#undef F
+    return 1;
+}
+
+int luaopen_keel_redis_core(lua_State *L) {
+    if (luaL_newmetatable(L, CONN_MT)) {
+        lua_pushcfunction(L, l_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushliteral(L, "keel.redis.conn");
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
+    static const luaL_Reg fns[] = {
+        { "new", l_new }, { "close", l_close }, { "ready", l_ready }, { "call", l_call },
+        { "batch", l_batch }, { "state", l_state }, { "stats", l_stats }, { NULL, NULL }
+    };
+    lua_createtable(L, 0, 8);
+    luaL_register(L, NULL, fns);
+    return 1;
+}

@@ -1,0 +1,275 @@
+-- keel.redis: an asynchronous Redis client on the runtime loop, and the
+-- distributed primitives built on it (keel.redis.leases, .queue, ...).
+--
+--   local r = assert(keel.redis.connect("redis://127.0.0.1:6379/0"))
+--   r:call("SET", "k", "v")          --> "OK"
+--   r:call("GET", "missing")         --> nil
+--   r:call("INCR", "k")              --> nil, "ERR value is not an integer ..."
+--
+-- Failures that are not Redis error replies come back as nil, "<code>: detail"
+-- with code one of: conn, timeout, closed, full.
+local core = require "keel.redis.core"
+local sched = require "keel.sched"
+local check = require "keel.check"
+local metrics = require "keel.metrics"
+
+local type, select, tostring, tonumber, setmetatable = type, select, tostring, tonumber, setmetatable
+local unpack = unpack or table.unpack
+local core_call, core_batch, core_ready = core.call, core.batch, core.ready
+local completion, await, complete = sched.completion, sched.await, sched.complete
+
+local redis = {}
+
+local Client = {}
+Client.__index = Client
+redis.Client = Client
+
+local CONNECT_OPTS = check.set {
+  "host", "port", "password", "username", "db", "timeout_ms", "connect_timeout_ms",
+  "backoff_base_ms", "backoff_max_ms", "max_pending", "name",
+}
+
+local function unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- redis://[[user]:password@]host[:port][/db]
+local function parse_url(url)
+  local rest = url:match("^redis://(.*)$")
+  if not rest then return nil, "URL must start with redis://" end
+  local o = {}
+  local auth, hostpart = rest:match("^(.*)@([^@]*)$")
+  if auth then
+    local user, pass = auth:match("^([^:]*):(.*)$")
+    if user then
+      if user ~= "" then o.username = unescape(user) end
+      o.password = unescape(pass)
+    else
+      o.password = unescape(auth)
+    end
+    rest = hostpart
+  end
+  local hp, path = rest:match("^([^/]*)(.*)$")
+  local host, port
+  if hp:sub(1, 1) == "[" then
+    host, port = hp:match("^%[([^%]]+)%]:?(%d*)$")
+  else
+    host, port = hp:match("^([^:]*):?(%d*)$")
+  end
+  if not host or host == "" then return nil, "missing host" end
+  o.host = host
+  if port and port ~= "" then o.port = tonumber(port) end
+  if path ~= "" and path ~= "/" then
+    local db = path:match("^/(%d+)$")
+    if not db then return nil, "bad database path '" .. path .. "'" end
+    o.db = tonumber(db)
+  end
+  return o
+end
+redis.parse_url = parse_url
+
+local FN = "keel.redis.connect"
+
+local function normalize(arg, extra)
+  local o
+  if type(arg) == "string" then
+    local parsed, err = parse_url(arg)
+    if not parsed then
+      error(string.format("%s: bad URL %q: %s", FN, arg, err), 3)
+    end
+    o = parsed
+    if extra ~= nil then
+      check.opts(FN, extra, CONNECT_OPTS)
+      for k, v in pairs(extra) do o[k] = v end
+    end
+  elseif type(arg) == "table" or arg == nil then
+    o = check.opts(FN, arg, CONNECT_OPTS)
+  else
+    error(string.format("%s: argument must be a URL string or an options table (got %s)", FN, tostring(arg)), 3)
+  end
+  return {
+    host = check.string(FN, "option 'host'", o.host, "127.0.0.1"),
+    port = check.integer(FN, "option 'port'", o.port, 6379, 1, 65535),
+    password = o.password ~= nil and check.string(FN, "option 'password'", o.password) or nil,
+    username = o.username ~= nil and check.string(FN, "option 'username'", o.username) or nil,
+    db = check.integer(FN, "option 'db'", o.db, 0, 0, 1000000),
+    timeout_ms = check.number(FN, "option 'timeout_ms'", o.timeout_ms, 5000, 1, 1e9),
+    connect_timeout_ms = check.number(FN, "option 'connect_timeout_ms'", o.connect_timeout_ms,
+      o.timeout_ms or 2000, 1, 1e9),
+    backoff_base_ms = check.number(FN, "option 'backoff_base_ms'", o.backoff_base_ms, 50, 1, 1e7),
+    backoff_max_ms = check.number(FN, "option 'backoff_max_ms'", o.backoff_max_ms, 2000, 1, 1e8),
+    max_pending = check.integer(FN, "option 'max_pending'", o.max_pending, 65536, 1, 1e7),
+    name = o.name ~= nil and check.string(FN, "option 'name'", o.name) or nil,
+  }
+end
+
+-- connect(url | opts [, opts]) -> client | nil, "conn: detail"
+-- Waits for the first connection (and AUTH/SELECT) so a wrong address or
+-- password is reported here; later losses are handled by reconnecting.
+function redis.connect(arg, extra)
+  local o = normalize(arg, extra)
+  sched.need_task(FN, 2)
+  if o.host:find("%z") then error(FN .. ": option 'host' must not contain NUL bytes", 2) end
+  local conn, err = core.new(o.host, o.port, o.password, o.username, o.db, o.connect_timeout_ms,
+    o.backoff_base_ms, o.backoff_max_ms, o.max_pending)
+  if not conn then return nil, err end
+  local c = setmetatable({ conn = conn, timeout_ms = o.timeout_ms, opts = o, name = o.name,
+                           scripts = {} }, Client)
+  local pong, perr = c:call("PING")
+  if pong ~= "PONG" then
+    core.close(conn)
+    c.conn = nil
+    return nil, perr or ("conn: unexpected reply to PING: " .. tostring(pong))
+  end
+  if o.name then metrics.register("redis", o.name, c) end
+  return c
+end
+
+local function bad_self(fname, self)
+  if getmetatable(self) ~= Client then
+    error(string.format("%s: call it as a method (client:%s(...))", fname, fname:match("[:.]([%w_]+)$")), 3)
+  end
+end
+
+local function check_args(fname, n, ...)
+  if n == 0 then error(fname .. ": missing command name", 3) end
+  for i = 1, n do
+    local v = select(i, ...)
+    local t = type(v)
+    if t ~= "string" and (t ~= "number" or v ~= v or v == math.huge or v == -math.huge) then
+      error(string.format("%s: command argument %d must be a string or a finite number (got %s)",
+        fname, i, t == "number" and tostring(v) or t), 3)
+    end
+  end
+end
+
+local function send(self, timeout, fname, ...)
+  local conn = self.conn
+  if not conn then return nil, "closed: client closed" end
+  local ok, err = core_ready(conn)
+  if not ok then return nil, err end
+  local id = completion(fname)
+  ok, err = core_call(conn, id, timeout, ...)
+  if not ok then
+    complete(id) -- drops the completion; we are running, so nothing is woken
+    return nil, err
+  end
+  local v, e = await(id, nil, fname)
+  return v, e
+end
+
+-- call(cmd, args...) -> value | nil, err
+function Client:call(...)
+  bad_self("keel.redis: client:call", self)
+  check_args("keel.redis: client:call", select("#", ...), ...)
+  return send(self, self.timeout_ms, "keel.redis: client:call", ...)
+end
+
+-- call_timeout(ms, cmd, args...): a per-call deadline (e.g. for blocking
+-- commands, which need more than the default).
+function Client:call_timeout(ms, ...)
+  bad_self("keel.redis: client:call_timeout", self)
+  check.number("keel.redis: client:call_timeout", "argument 'ms'", ms, nil, 0)
+  check_args("keel.redis: client:call_timeout", select("#", ...), ...)
+  return send(self, ms, "keel.redis: client:call_timeout", ...)
+end
+
+local Pipe = {}
+Pipe.__index = Pipe
+
+function Pipe:call(...)
+  if getmetatable(self) ~= Pipe then error("keel.redis: p:call: call it as a method (p:call(...))", 2) end
+  check_args("keel.redis: p:call", select("#", ...), ...)
+  local n = self.n + 1
+  self.n = n
+  self.cmds[n] = { ... }
+  return n
+end
+
+-- pipeline(function(p) p:call(...) ... end) -> results | nil, err
+-- results[i] is the i-th reply (nil for null), results.n the count and
+-- results.err[i] the error text when reply i was an error reply.
+function Client:pipeline(fn)
+  bad_self("keel.redis: client:pipeline", self)
+  check.func("keel.redis: client:pipeline", "argument 'fn'", fn)
+  local p = setmetatable({ cmds = {}, n = 0 }, Pipe)
+  fn(p)
+  if p.n == 0 then return { n = 0, err = {} } end
+  return self:batch(p.cmds)
+end
+
+-- batch({ {cmd, args...}, ... }) -> results | nil, err (see pipeline)
+function Client:batch(cmds)
+  local fname = "keel.redis: client:batch"
+  bad_self(fname, self)
+  if type(cmds) ~= "table" then error(fname .. ": argument 'cmds' must be a table", 2) end
+  local n = #cmds
+  if n == 0 then return { n = 0, err = {} } end
+  for i = 1, n do
+    local c = cmds[i]
+    if type(c) ~= "table" then error(string.format("%s: command %d must be a table", fname, i), 2) end
+    check_args(fname, #c, unpack(c))
+  end
+  local conn = self.conn
+  if not conn then return nil, "closed: client closed" end
+  local ok, err = core_ready(conn)
+  if not ok then return nil, err end
+  local id = completion(fname)
+  ok, err = core_batch(conn, id, self.timeout_ms, cmds)
+  if not ok then
+    complete(id)
+    return nil, err
+  end
+  local v, e = await(id, nil, fname)
+  return v, e
+end
+
+-- Runs a server-side script by SHA, loading it on NOSCRIPT. script is a
+-- table { src = "..." } shared by every client (the sha is cached in it).
+function Client:eval(script, nkeys, ...)
+  local sha = script.sha
+  if sha then
+    local v, err = send(self, self.timeout_ms, "keel.redis: client:eval", "EVALSHA", sha, nkeys, ...)
+    if v ~= nil or not err or not err:find("^NOSCRIPT") then return v, err end
+  end
+  local loaded, err = send(self, self.timeout_ms, "keel.redis: client:eval", "SCRIPT", "LOAD", script.src)
+  if not loaded then return nil, err end
+  script.sha = loaded
+  return send(self, self.timeout_ms, "keel.redis: client:eval", "EVALSHA", loaded, nkeys, ...)
+end
+
+function Client:close()
+  bad_self("keel.redis: client:close", self)
+  if self.conn then
+    core.close(self.conn)
+    self.conn = nil
+  end
+end
+
+-- "connecting" | "ready" | "reconnecting" | "closed", last error
+function Client:state()
+  bad_self("keel.redis: client:state", self)
+  if not self.conn then return "closed", "" end
+  return core.state(self.conn)
+end
+
+function Client:stats()
+  bad_self("keel.redis: client:stats", self)
+  if not self.conn then return { pending = 0, closed = 1 } end
+  return core.stats(self.conn)
+end
+
+-- Scripts and helpers for the distributed primitives.
+redis.script = function(src) return { src = src } end
+
+local lazy = { leases = true, queue = true, dedup = true, ratelimit = true, registry = true,
+               counter = true, breaker = true }
+return setmetatable(redis, {
+  __index = function(t, k)
+    if lazy[k] then
+      local m = require("keel.redis." .. k)
+      rawset(t, k, m)
+      return m
+    end
+  end,
+})

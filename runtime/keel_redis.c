@@ -1,0 +1,559 @@
+#include "keel_redis.h"
+#include "keel_timers.h"
+#include <hiredis/async.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { SLOT_FREE = 0, SLOT_ACTIVE = 1, SLOT_ABANDONED = 2 };
+
+typedef struct {
+    uint64_t req_id;
+    double sent_ms;
+    int32_t timer;     /* keel_timers id, -1 when no deadline */
+    int32_t next_free;
+    uint8_t state;
+} slot_t;
+
+struct keel_redis {
+    uv_loop_t *loop;
+    keel_clock_t *clock;
+    keel_rand_t *rand;
+    keel_redis_opts_t o;
+    char *host, *password, *username;
+
+    redisAsyncContext *ac;
+    int state;
+    int handshake_failed;   /* AUTH/SELECT failed: replies on this ac are not trusted */
+    int attempt;            /* consecutive failed connects, for backoff */
+    double connect_deadline;
+    double last_reply_ms;
+    int stale_timeouts;     /* consecutive timeouts with the server silent */
+    char last_err[256];
+
+    slot_t *slots;
+    uint32_t nslots, cap, pending, free_head;
+    keel_timers_t *timers;
+    uint32_t *timer_slot;   /* timer id -> slot index */
+    uint32_t timer_slot_cap;
+
+    uv_timer_t deadline_timer, backoff_timer, close_timer;
+    int handles_open;
+    int closing, abandoned, teardown_done;
+    int in_cb;              /* inside a hiredis callback of r->ac */
+
+    keel_redis_stats_t st;
+};
+
+
+/* ---- libuv adapter ----
+ * Our own copy of hiredis' adapters/libuv.h: the 0.14 one ignores a poll
+ * callback with a non-zero status, which libuv uses to report a refused or
+ * reset socket, so a failed connect would never be noticed. On error we let
+ * hiredis try the pending direction(s) so it sees the socket error itself. */
+
+typedef struct {
+    redisAsyncContext *context;
+    uv_poll_t handle;
+    int events;
+} uv_events_t;
+
+static void ev_poll(uv_poll_t *handle, int status, int events) {
+    uv_events_t *p = handle->data;
+    int ev = status ? p->events : events;
+    if (p->context && (ev & UV_READABLE)) redisAsyncHandleRead(p->context);
+    if (p->context && (ev & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
+}
+
+static void ev_update(uv_events_t *p) {
+    if (p->events) uv_poll_start(&p->handle, p->events, ev_poll);
+    else uv_poll_stop(&p->handle);
+}
+
+static void ev_add_read(void *d) { uv_events_t *p = d; p->events |= UV_READABLE; ev_update(p); }
+static void ev_del_read(void *d) { uv_events_t *p = d; p->events &= ~UV_READABLE; ev_update(p); }
+static void ev_add_write(void *d) { uv_events_t *p = d; p->events |= UV_WRITABLE; ev_update(p); }
+static void ev_del_write(void *d) { uv_events_t *p = d; p->events &= ~UV_WRITABLE; ev_update(p); }
+
+static void ev_on_close(uv_handle_t *h) { free(h->data); }
+
+static void ev_cleanup(void *d) {
+    uv_events_t *p = d;
+    p->context = NULL;
+    uv_close((uv_handle_t *)&p->handle, ev_on_close);
+}
+
+static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop) {
+    if (ac->ev.data) return REDIS_ERR;
+    uv_events_t *p = calloc(1, sizeof *p);
+    if (!p) return REDIS_ERR;
+    if (uv_poll_init(loop, &p->handle, ac->c.fd) != 0) { free(p); return REDIS_ERR; }
+    ac->ev.addRead = ev_add_read;
+    ac->ev.delRead = ev_del_read;
+    ac->ev.addWrite = ev_add_write;
+    ac->ev.delWrite = ev_del_write;
+    ac->ev.cleanup = ev_cleanup;
+    ac->ev.data = p;
+    p->handle.data = p;
+    p->context = ac;
+    return REDIS_OK;
+}
+
+static void start_connect(keel_redis_t *r);
+static void arm_deadline_timer(keel_redis_t *r);
+static void backoff_cb(uv_timer_t *t);
+
+static char *dup_n(const char *s, size_t n) {
+    char *d = malloc(n + 1);
+    if (!d) return NULL;
+    memcpy(d, s, n);
+    d[n] = 0;
+    return d;
+}
+
+static void set_err(keel_redis_t *r, const char *prefix, const char *detail) {
+    snprintf(r->last_err, sizeof r->last_err, "%s%s", prefix, detail ? detail : "");
+}
+
+/* ---- handle references: keep the loop alive only while someone waits ---- */
+
+static void update_ref(keel_redis_t *r) {
+    int busy = !r->closing && (r->pending > 0);
+    if (r->ac && r->ac->ev.data) {
+        uv_events_t *p = r->ac->ev.data;
+        if (busy || r->state == KEEL_REDIS_S_CONNECTING) uv_ref((uv_handle_t *)&p->handle);
+        else uv_unref((uv_handle_t *)&p->handle);
+    }
+}
+
+/* ---- request slots ---- */
+
+static int32_t slot_alloc(keel_redis_t *r) {
+    if (r->pending >= r->o.max_pending) return -1;
+    if (r->free_head == UINT32_MAX) {
+        if (r->nslots == r->cap) {
+            uint32_t ncap = r->cap ? r->cap * 2 : 256;
+            if (ncap > r->o.max_pending) ncap = r->o.max_pending;
+            slot_t *s = realloc(r->slots, (size_t)ncap * sizeof *s);
+            if (!s) return -1;
+            r->slots = s;
+            r->cap = ncap;
+        }
+        r->slots[r->nslots].next_free = (int32_t)UINT32_MAX;
+        r->free_head = r->nslots++;
+    }
+    uint32_t i = r->free_head;
+    r->free_head = (uint32_t)r->slots[i].next_free;
+    r->pending++;
+    memset(&r->slots[i], 0, sizeof r->slots[i]);
+    r->slots[i].timer = -1;
+    return (int32_t)i;
+}
+
+static void slot_release(keel_redis_t *r, uint32_t i) {
+    slot_t *s = &r->slots[i];
+    if (s->timer >= 0) keel_timers_cancel(r->timers, s->timer);
+    s->timer = -1;
+    s->state = SLOT_FREE;
+    s->next_free = (int32_t)r->free_head;
+    r->free_head = i;
+    r->pending--;
+}
+
+static void deliver(keel_redis_t *r, uint64_t id, const redisReply *rep, int status, const char *err) {
+    if (r->abandoned || !r->o.on_reply) return;
+    /* the callee may run a finalizer that abandons r: keep r alive */
+    r->in_cb++;
+    r->o.on_reply(r->o.ud, id, rep, status, err);
+    r->in_cb--;
+}
+
+/* Ends a slot's request now (timeout, close) without waiting for its reply;
+ * the slot itself stays allocated until hiredis hands it back. */
+static void slot_fail(keel_redis_t *r, uint32_t i, int status, const char *err) {
+    slot_t *s = &r->slots[i];
+    if (s->state != SLOT_ACTIVE) return;
+    s->state = SLOT_ABANDONED;
+    if (s->timer >= 0) keel_timers_cancel(r->timers, s->timer);
+    s->timer = -1;
+    deliver(r, s->req_id, NULL, status, err);
+}
+
+/* ---- freeing ---- */
+
+static void maybe_free(keel_redis_t *r) {
+    if (!r->teardown_done || r->handles_open > 0 || r->ac) return;
+    void (*on_free)(void *) = r->o.on_free;
+    void *ud = r->o.ud;
+    keel_timers_free(r->timers);
+    free(r->timer_slot);
+    free(r->slots);
+    free(r->host);
+    free(r->password);
+    free(r->username);
+    free(r);
+    if (on_free) on_free(ud);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+    keel_redis_t *r = h->data;
+    r->handles_open--;
+    maybe_free(r);
+}
+
+/* ---- hiredis callbacks ---- */
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    keel_redis_t *r = ac->data;
+    uint32_t i = (uint32_t)((uintptr_t)privdata - 1);
+    redisReply *rep = reply;
+    slot_t *s = &r->slots[i];
+    r->in_cb++;
+    if (rep) { r->last_reply_ms = r->clock->now_ms; r->stale_timeouts = 0; }
+    if (s->state == SLOT_ACTIVE) {
+        uint64_t id = s->req_id;
+        s->state = SLOT_ABANDONED; /* nothing may fail it twice while we deliver */
+        if (s->timer >= 0) keel_timers_cancel(r->timers, s->timer);
+        s->timer = -1;
+        if (!rep) {
+            r->st.conn_errors++;
+            char buf[300];
+            const char *why = r->last_err[0] ? r->last_err : "connection lost";
+            if (r->ac == ac && ac->err && ac->errstr[0] && !r->handshake_failed) {
+                snprintf(buf, sizeof buf, "connection lost: %s", ac->errstr);
+                why = buf;
+            }
+            deliver(r, id, NULL, r->closing ? KEEL_REDIS_ECLOSED : KEEL_REDIS_ECONN,
+                    r->closing ? "client closed" : why);
+        } else if (r->handshake_failed) {
+            r->st.conn_errors++;
+            deliver(r, id, NULL, KEEL_REDIS_ECONN, r->last_err);
+        } else {
+            r->st.replies++;
+            if (rep->type == REDIS_REPLY_ERROR) r->st.error_replies++;
+            deliver(r, id, rep, KEEL_REDIS_OK, NULL);
+        }
+    }
+    slot_release(r, i);
+    r->in_cb--;
+    update_ref(r);
+}
+
+static void schedule_reconnect(keel_redis_t *r) {
+    if (r->closing) return;
+    r->state = KEEL_REDIS_S_BACKOFF;
+    double cap = r->o.backoff_max_ms;
+    double d = r->o.backoff_base_ms;
+    for (int k = 0; k < r->attempt && d < cap; k++) d *= 2;
+    if (d > cap) d = cap;
+    /* "equal jitter": half fixed so retries never collapse to zero delay,
+     * half random so a fleet does not reconnect in lockstep */
+    d = d / 2 + keel_rand_double(r->rand) * d / 2;
+    r->attempt++;
+    uv_timer_start(&r->backoff_timer, backoff_cb, (uint64_t)(d < 1 ? 1 : d), 0);
+}
+
+static void backoff_cb(uv_timer_t *t) {
+    keel_redis_t *r = t->data;
+    if (r->closing || r->state != KEEL_REDIS_S_BACKOFF) return;
+    start_connect(r);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status) {
+    keel_redis_t *r = ac->data;
+    if (r->ac != ac) return;
+    if (status != REDIS_OK) {
+        /* hiredis frees ac after this returns and fails its queued commands */
+        r->st.connect_failures++;
+        set_err(r, "connect failed: ", ac->errstr);
+        r->ac = NULL;
+        schedule_reconnect(r);
+        return;
+    }
+    r->st.connects++;
+    if (r->attempt > 0 || r->st.connects > 1) r->st.reconnects++;
+    r->attempt = 0;
+    r->stale_timeouts = 0;
+    if (!r->handshake_failed) r->state = KEEL_REDIS_S_READY;
+    update_ref(r);
+    arm_deadline_timer(r);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status) {
+    keel_redis_t *r = ac->data;
+    if (r->ac != ac) return;
+    r->ac = NULL;
+    if (status != REDIS_OK && !r->handshake_failed) set_err(r, "connection lost: ", ac->errstr);
+    if (r->closing) { maybe_free(r); return; }
+    schedule_reconnect(r);
+}
+
+static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
+    keel_redis_t *r = ac->data;
+    redisReply *rep = reply;
+    const char *what = privdata; /* "auth" or "select" */
+    if (!rep || r->ac != ac) return;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        char pre[32];
+        snprintf(pre, sizeof pre, "%s failed: ", what);
+        set_err(r, pre, rep->str);
+        r->handshake_failed = 1;
+        r->state = KEEL_REDIS_S_BACKOFF;
+        /* commands pipelined behind the handshake get their replies read and
+         * then failed with this error; the connection is dropped afterwards */
+        redisAsyncDisconnect(ac);
+    }
+}
+
+static void start_connect(keel_redis_t *r) {
+    r->state = KEEL_REDIS_S_CONNECTING;
+    r->handshake_failed = 0;
+    r->connect_deadline = r->clock->now_ms + r->o.connect_timeout_ms;
+    redisAsyncContext *ac = redisAsyncConnect(r->host, r->o.port);
+    if (!ac) {
+        set_err(r, "connect failed: ", "out of memory");
+        schedule_reconnect(r);
+        return;
+    }
+    if (ac->err) {
+        set_err(r, "connect failed: ", ac->errstr);
+        r->st.connect_failures++;
+        redisAsyncFree(ac);
+        schedule_reconnect(r);
+        return;
+    }
+    ac->data = r;
+    if (ev_attach(ac, r->loop) != REDIS_OK) {
+        set_err(r, "connect failed: ", "cannot attach to loop");
+        r->st.connect_failures++;
+        redisAsyncFree(ac);
+        schedule_reconnect(r);
+        return;
+    }
+    r->ac = ac;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    if (r->password) {
+        if (r->username) {
+            const char *argv[3] = { "AUTH", r->username, r->password };
+            size_t lens[3] = { 4, r->o.username_len, r->o.password_len };
+            redisAsyncCommandArgv(ac, on_handshake, "auth", 3, argv, lens);
+        } else {
+            const char *argv[2] = { "AUTH", r->password };
+            size_t lens[2] = { 4, r->o.password_len };
+            redisAsyncCommandArgv(ac, on_handshake, "auth", 2, argv, lens);
+        }
+    }
+    if (r->o.db > 0) {
+        char db[16];
+        int n = snprintf(db, sizeof db, "%d", r->o.db);
+        const char *argv[2] = { "SELECT", db };
+        size_t lens[2] = { 6, (size_t)n };
+        redisAsyncCommandArgv(ac, on_handshake, "select", 2, argv, lens);
+    }
+    update_ref(r);
+    arm_deadline_timer(r);
+}
+
+/* ---- deadlines ---- */
+
+static double next_deadline(keel_redis_t *r) {
+    double d = keel_timers_next(r->timers);
+    if (r->ac && r->state == KEEL_REDIS_S_CONNECTING && (d < 0 || r->connect_deadline < d))
+        d = r->connect_deadline;
+    return d;
+}
+
+static void deadline_cb(uv_timer_t *t);
+
+static void arm_deadline_timer(keel_redis_t *r) {
+    if (r->closing) return;
+    double d = next_deadline(r);
+    if (d < 0) { uv_timer_stop(&r->deadline_timer); return; }
+    double wait = d - r->clock->now_ms;
+    if (wait < 1) wait = 1;
+    uv_timer_start(&r->deadline_timer, deadline_cb, (uint64_t)(wait + 0.999), 0);
+    uv_unref((uv_handle_t *)&r->deadline_timer);
+    if (r->pending > 0 || r->state == KEEL_REDIS_S_CONNECTING) uv_ref((uv_handle_t *)&r->deadline_timer);
+}
+
+static void drop_connection(keel_redis_t *r, const char *why) {
+    if (!r->ac) return;
+    set_err(r, "", why);
+    redisAsyncContext *ac = r->ac;
+    if (r->state == KEEL_REDIS_S_CONNECTING && !(ac->c.flags & REDIS_CONNECTED)) {
+        /* not connected: hiredis will not call on_disconnect */
+        r->ac = NULL;
+        r->st.connect_failures++;
+        redisAsyncFree(ac);
+        schedule_reconnect(r);
+    } else {
+        redisAsyncFree(ac); /* on_disconnect schedules the reconnect */
+    }
+}
+
+static void deadline_cb(uv_timer_t *t) {
+    keel_redis_t *r = t->data;
+    if (r->closing) return;
+    /* the loop refreshes the clock per tick; a busy or blocked tick must not
+     * hide that our deadline has passed (no-op in virtual time) */
+    double now = keel_clock_update(r->clock);
+    if (r->ac && r->state == KEEL_REDIS_S_CONNECTING && now >= r->connect_deadline && !r->in_cb) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "connect timeout: no connection after %.0f ms", r->o.connect_timeout_ms);
+        drop_connection(r, msg);
+    }
+    int stale = 0;
+    int32_t id;
+    while ((id = keel_timers_pop_expired(r->timers, now)) >= 0) {
+        uint32_t i = r->timer_slot[id];
+        slot_t *s = &r->slots[i];
+        s->timer = -1;
+        if (s->state != SLOT_ACTIVE) continue;
+        /* a server that keeps saying nothing since our requests were sent
+         * is hung or unreachable: reconnect instead of piling up requests */
+        if (r->last_reply_ms < s->sent_ms) stale++;
+        r->st.timeouts++;
+        slot_fail(r, i, KEEL_REDIS_ETIMEOUT, "no reply before the deadline");
+        if (r->closing) return;
+    }
+    /* one slow command is not a dead server; several silent deadlines are */
+    r->stale_timeouts += stale;
+    if (r->stale_timeouts >= 3 && r->ac && r->state == KEEL_REDIS_S_READY && !r->in_cb)
+        drop_connection(r, "connection dropped: server not responding");
+    arm_deadline_timer(r);
+    update_ref(r);
+}
+
+/* ---- public ---- */
+
+keel_redis_t *keel_redis_new(uv_loop_t *loop, keel_clock_t *clock, keel_rand_t *rand,
+                             const keel_redis_opts_t *opts) {
+    if (!loop || !clock || !rand || !opts || !opts->on_reply) return NULL;
+    keel_redis_t *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->loop = loop;
+    r->clock = clock;
+    r->rand = rand;
+    r->o = *opts;
+    if (r->o.port <= 0) r->o.port = 6379;
+    if (r->o.connect_timeout_ms <= 0) r->o.connect_timeout_ms = 2000;
+    if (r->o.backoff_base_ms <= 0) r->o.backoff_base_ms = 50;
+    if (r->o.backoff_max_ms < r->o.backoff_base_ms) r->o.backoff_max_ms = r->o.backoff_base_ms < 2000 ? 2000 : r->o.backoff_base_ms;
+    if (r->o.max_pending == 0) r->o.max_pending = 65536;
+    const char *host = r->o.host ? r->o.host : "127.0.0.1";
+    r->host = dup_n(host, strlen(host));
+    if (opts->password) r->password = dup_n(opts->password, opts->password_len);
+    if (opts->username) r->username = dup_n(opts->username, opts->username_len);
+    r->timers = keel_timers_new();
+    r->free_head = UINT32_MAX;
+    r->last_reply_ms = -1e300;
+    if (!r->host || !r->timers || (opts->password && !r->password) || (opts->username && !r->username)) {
+        keel_timers_free(r->timers);
+        free(r->host);
+        free(r->password);
+        free(r->username);
+        free(r);
+        return NULL;
+    }
+    r->o.host = r->host;
+    uv_timer_init(loop, &r->deadline_timer);
+    uv_timer_init(loop, &r->backoff_timer);
+    uv_timer_init(loop, &r->close_timer);
+    r->deadline_timer.data = r->backoff_timer.data = r->close_timer.data = r;
+    uv_unref((uv_handle_t *)&r->backoff_timer);
+    uv_unref((uv_handle_t *)&r->deadline_timer);
+    r->handles_open = 3;
+    start_connect(r);
+    return r;
+}
+
+int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **argv,
+                       const size_t *argvlen, double timeout_ms) {
+    if (!r || r->closing) return KEEL_REDIS_ECLOSED;
+    if (argc < 1 || !argv || !argvlen) return KEEL_REDIS_EARG;
+    if (!r->ac || r->state == KEEL_REDIS_S_BACKOFF) { r->st.conn_errors++; return KEEL_REDIS_ECONN; }
+    int32_t i = slot_alloc(r);
+    if (i < 0) { r->st.full++; return KEEL_REDIS_EFULL; }
+    slot_t *s = &r->slots[i];
+    s->req_id = req_id;
+    s->state = SLOT_ACTIVE;
+    s->sent_ms = r->clock->now_ms;
+    if (redisAsyncCommandArgv(r->ac, on_reply, (void *)(uintptr_t)(i + 1), argc, argv, argvlen) != REDIS_OK) {
+        slot_release(r, (uint32_t)i);
+        r->st.conn_errors++;
+        return KEEL_REDIS_ECONN;
+    }
+    if (timeout_ms > 0) {
+        int32_t tid = keel_timers_add(r->timers, s->sent_ms + timeout_ms);
+        if (tid >= 0) {
+            if ((uint32_t)tid >= r->timer_slot_cap) {
+                uint32_t ncap = r->timer_slot_cap ? r->timer_slot_cap * 2 : 256;
+                while (ncap <= (uint32_t)tid) ncap *= 2;
+                uint32_t *ts = realloc(r->timer_slot, (size_t)ncap * sizeof *ts);
+                if (!ts) { keel_timers_cancel(r->timers, tid); tid = -1; }
+                else { r->timer_slot = ts; r->timer_slot_cap = ncap; }
+            }
+            if (tid >= 0) {
+                r->timer_slot[tid] = (uint32_t)i;
+                s->timer = tid;
+                if (keel_timers_next(r->timers) == s->sent_ms + timeout_ms) arm_deadline_timer(r);
+            }
+        }
+    }
+    r->st.sent++;
+    if (r->pending == 1) { update_ref(r); arm_deadline_timer(r); }
+    return KEEL_REDIS_OK;
+}
+
+static void teardown(keel_redis_t *r) {
+    if (r->teardown_done) return;
+    for (uint32_t i = 0; i < r->nslots; i++)
+        if (r->slots[i].state == SLOT_ACTIVE) slot_fail(r, i, KEEL_REDIS_ECLOSED, "client closed");
+    r->abandoned = 1;
+    r->teardown_done = 1;
+    uv_timer_stop(&r->deadline_timer);
+    uv_timer_stop(&r->backoff_timer);
+    uv_timer_stop(&r->close_timer);
+    uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&r->backoff_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&r->close_timer, on_handle_closed);
+    if (r->ac) {
+        redisAsyncContext *ac = r->ac;
+        /* a context that never connected gets no on_disconnect; one that did
+         * clears r->ac from on_disconnect, so clear it either way */
+        redisAsyncFree(ac);
+        r->ac = NULL;
+    }
+    maybe_free(r);
+}
+
+static void close_cb(uv_timer_t *t) { teardown(t->data); }
+
+void keel_redis_close(keel_redis_t *r) {
+    if (!r || r->closing) return;
+    r->closing = 1;
+    r->state = KEEL_REDIS_S_CLOSED;
+    /* from the loop, not here: the caller may be inside one of our callbacks */
+    uv_timer_start(&r->close_timer, close_cb, 0, 0);
+}
+
+void keel_redis_abandon(keel_redis_t *r) {
+    if (!r) return;
+    r->abandoned = 1;
+    r->closing = 1;
+    r->state = KEEL_REDIS_S_CLOSED;
+    /* finalizers may run while the loop is being torn down: close now
+     * unless we are inside our own hiredis callback */
+    if (r->in_cb) uv_timer_start(&r->close_timer, close_cb, 0, 0);
+    else teardown(r);
+}
+
+int keel_redis_state(const keel_redis_t *r) { return r ? r->state : KEEL_REDIS_S_CLOSED; }
+
+const char *keel_redis_last_error(const keel_redis_t *r) { return r ? r->last_err : ""; }
+
+void keel_redis_get_stats(const keel_redis_t *r, keel_redis_stats_t *out) {
+    *out = r->st;
+    out->pending = r->pending;
+}

@@ -1,0 +1,104 @@
+-- Starts a throwaway redis-server on a free loopback port, with no
+-- persistence, for specs:
+--   local server = require("redis_server").start()   -- inside a task
+--   server.url, server.port
+--   server:stop(); server:restart()
+-- Every server started is stopped at exit (by its pid) if a spec forgets.
+local keel = require "keel"
+
+local M = {}
+local Server = {}
+Server.__index = Server
+
+local started = {}
+
+local function sh(cmd)
+  local p = io.popen(cmd)
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+
+M.available = sh("command -v redis-server 2>/dev/null") ~= ""
+
+local function port_busy(port)
+  return sh(string.format("(exec 3<>/dev/tcp/127.0.0.1/%d) 2>/dev/null && echo busy", port)):find("busy") ~= nil
+end
+
+local function pick_port()
+  -- derive from our pid so parallel runs rarely collide, then probe
+  local pid = tonumber(sh("echo $PPID")) or os.time()
+  for i = 0, 200 do
+    local port = 20000 + (pid * 7 + i * 101) % 30000
+    if not port_busy(port) then return port end
+  end
+  error("redis_server: no free port found")
+end
+
+function Server:launch()
+  local dir = self.dir
+  local cmd = string.format(
+    "redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no --enable-debug-command yes " ..
+    "--dir %s %s > %s/log 2>&1 & echo $!", self.port, dir, self.extra or "", dir)
+  self.pid = tonumber(sh(cmd))
+  started[self] = true
+  for _ = 1, 200 do
+    local pong = sh(string.format("redis-cli -p %d %s ping 2>/dev/null", self.port,
+      self.password and ("-a " .. self.password .. " --no-auth-warning") or ""))
+    if pong:find("PONG") then return self end
+    keel.sleep(20)
+  end
+  error("redis_server: redis-server did not start on port " .. self.port .. ": " .. sh("cat " .. dir .. "/log"))
+end
+
+-- opts: { password = "..." }
+function M.start(opts)
+  opts = opts or {}
+  local self = setmetatable({}, Server)
+  self.dir = sh("mktemp -d /tmp/keel-redis-XXXXXX"):gsub("%s+$", "")
+  self.port = opts.port or pick_port()
+  self.password = opts.password
+  if opts.password then self.extra = "--requirepass " .. opts.password end
+  self:launch()
+  local auth = opts.password and (":" .. opts.password .. "@") or ""
+  self.url = string.format("redis://%s127.0.0.1:%d", auth, self.port)
+  return self
+end
+
+-- SIGKILL: the server vanishes without closing connections gracefully.
+function Server:stop()
+  if self.pid then
+    os.execute(string.format("kill -9 %d 2>/dev/null; while kill -0 %d 2>/dev/null; do sleep 0.01; done",
+      self.pid, self.pid))
+    self.pid = nil
+  end
+  started[self] = nil
+end
+
+function Server:restart()
+  self:stop()
+  return self:launch()
+end
+
+function Server:cli(...)
+  local args = {}
+  for i, a in ipairs({ ... }) do args[i] = "'" .. tostring(a):gsub("'", "'\\''") .. "'" end
+  return (sh(string.format("redis-cli -p %d %s %s 2>&1", self.port,
+    self.password and ("-a " .. self.password .. " --no-auth-warning") or "", table.concat(args, " ")))
+    :gsub("%s+$", ""))
+end
+
+function Server:cleanup()
+  self:stop()
+  if self.dir and self.dir:match("^/tmp/keel%-redis%-") then os.execute("rm -rf " .. self.dir) end
+end
+
+-- A sentinel whose finalizer stops leftover servers when the state closes.
+if newproxy then
+  M._proxy = newproxy(true)
+  getmetatable(M._proxy).__gc = function()
+    for s in pairs(started) do if s.pid then os.execute("kill -9 " .. s.pid .. " 2>/dev/null") end end
+  end
+end
+
+return M
