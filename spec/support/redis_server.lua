@@ -68,8 +68,9 @@ end
 -- SIGKILL: the server vanishes without closing connections gracefully.
 function Server:stop()
   if self.pid then
-    os.execute(string.format("kill -9 %d 2>/dev/null; while kill -0 %d 2>/dev/null; do sleep 0.01; done",
-      self.pid, self.pid))
+    -- wait until it is gone or a zombie (its reaper may be slow)
+    os.execute(string.format("kill -9 %d 2>/dev/null; while [ -e /proc/%d ] && " ..
+      "! grep -q ') Z' /proc/%d/stat 2>/dev/null; do sleep 0.01; done", self.pid, self.pid, self.pid))
     self.pid = nil
   end
   started[self] = nil

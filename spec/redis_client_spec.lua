@@ -1,0 +1,221 @@
+local keel = require "keel"
+local redis_server = require "redis_server"
+
+describe("keel.redis client", function()
+  if not redis_server.available then
+    pending("redis-server is not installed")
+    return
+  end
+  local server, c
+
+  setup(function()
+    server = redis_server.start()
+    c = assert(keel.redis.connect(server.url))
+  end)
+  teardown(function()
+    if c then c:close() end
+    server:cleanup()
+  end)
+
+  it("converts replies into Lua values", function()
+    assert.equal("OK", c:call("SET", "k1", "v1"))
+    assert.equal("v1", c:call("GET", "k1"))
+    assert.is_nil((c:call("GET", "no-such-key")))
+    assert.equal(3, c:call("RPUSH", "list1", "a", 2, "c"))
+    assert.same({ "a", "2", "c" }, c:call("LRANGE", "list1", 0, -1))
+    assert.same({}, c:call("LRANGE", "empty", 0, -1))
+    assert.equal("PONG", c:call("PING"))
+    -- a null inside an array is false, so the array keeps its length
+    assert.same({ "v1", false }, c:call("MGET", "k1", "no-such-key"))
+  end)
+
+  it("returns nil plus the error text on an error reply", function()
+    c:call("SET", "str", "x")
+    local v, err = c:call("INCR", "str")
+    assert.is_nil(v)
+    assert.matches("^ERR value is not an integer", err)
+    v, err = c:call("NOSUCHCOMMAND")
+    assert.is_nil(v)
+    assert.matches("^ERR unknown command", err)
+  end)
+
+  it("is binary-safe both ways", function()
+    local bin = {}
+    for i = 0, 255 do bin[#bin + 1] = string.char(i) end
+    bin = table.concat(bin) .. "\0tail"
+    assert.equal("OK", c:call("SET", "bin\0key", bin))
+    assert.equal(bin, c:call("GET", "bin\0key"))
+  end)
+
+  it("handles a large value", function()
+    local big = string.rep("\255\0", 4 * 1024 * 1024)
+    assert.equal("OK", c:call_timeout(10000, "SET", "big", big))
+    assert.equal(big, c:call_timeout(10000, "GET", "big"))
+  end)
+
+  it("pipelines calls from many tasks on one connection", function()
+    c:call("DEL", "ctr")
+    local tasks = {}
+    for i = 1, 20 do
+      tasks[i] = keel.spawn(function()
+        for _ = 1, 50 do assert(c:call("INCR", "ctr")) end
+      end)
+    end
+    for i = 1, 20 do assert.is_true((tasks[i]:join())) end
+    assert.equal("1000", c:call("GET", "ctr"))
+  end)
+
+  it("sends an explicit pipeline and returns every reply in order", function()
+    local res = assert(c:pipeline(function(p)
+      p:call("SET", "p1", "1")
+      p:call("INCR", "p1")
+      p:call("GET", "nothing-here")
+      p:call("HSET", "p1", "f", "v") -- wrong type: an error reply
+      p:call("GET", "p1")
+    end))
+    assert.equal(5, res.n)
+    assert.equal("OK", res[1])
+    assert.equal(2, res[2])
+    assert.is_nil(res[3])
+    assert.is_nil(res[4])
+    assert.matches("^WRONGTYPE", res.err[4])
+    assert.equal("2", res[5])
+    local empty = c:pipeline(function() end)
+    assert.equal(0, empty.n)
+  end)
+
+  it("times out a call and keeps the connection usable", function()
+    local v, err = c:call_timeout(100, "DEBUG", "SLEEP", "0.5")
+    assert.is_nil(v)
+    assert.equal("timeout: no reply before the deadline", err)
+    -- queued behind the sleep, so it needs a longer deadline
+    assert.equal("PONG", c:call_timeout(5000, "PING"))
+  end)
+
+  it("rejects bad arguments with an error naming the function", function()
+    assert.has_error(function() c:call() end, "keel.redis: client:call: missing command name")
+    assert.has_error(function() c:call("SET", "k", {}) end,
+      "keel.redis: client:call: command argument 3 must be a string or a finite number (got table)")
+    assert.has_error(function() c:call("SET", "k", 0 / 0) end)
+    assert.has_error(function() c:call("SET", "k", nil, "x") end)
+    assert.has_error(function() c.call("PING") end, "keel.redis: client:call: call it as a method (client:call(...))")
+    assert.has_error(function() c:pipeline(42) end)
+    assert.has_error(function() c:pipeline(function(p) p:call({}) end) end)
+  end)
+
+  it("reports stats", function()
+    local st = c:stats()
+    assert.is_true(st.sent > 0)
+    assert.is_true(st.replies > 0)
+    assert.equal(0, st.pending)
+    assert.equal("ready", (c:state()))
+  end)
+end)
+
+describe("keel.redis.connect errors", function()
+  if not redis_server.available then return end
+
+  it("rejects bad URLs and options", function()
+    assert.has_error(function() keel.redis.connect("http://x") end,
+      'keel.redis.connect: bad URL "http://x": URL must start with redis://')
+    assert.has_error(function() keel.redis.connect("redis://") end)
+    assert.has_error(function() keel.redis.connect("redis://h:1/abc") end)
+    assert.has_error(function() keel.redis.connect({ port = 70000 }) end,
+      "keel.redis.connect: option 'port' must be an integer in [1, 65535] (got 70000)")
+    assert.has_error(function() keel.redis.connect({ prot = 1 }) end, "keel.redis.connect: unknown option 'prot'")
+    assert.has_error(function() keel.redis.connect(42) end)
+    assert.has_error(function() keel.redis.connect({ timeout_ms = -1 }) end)
+  end)
+
+  it("parses URLs", function()
+    local o = keel.redis.parse_url("redis://user:p%40ss@example.com:6380/3")
+    assert.same({ username = "user", password = "p@ss", host = "example.com", port = 6380, db = 3 }, o)
+    assert.same({ host = "h", password = "pw" }, keel.redis.parse_url("redis://:pw@h"))
+  end)
+
+  it("fails fast on a refused connection", function()
+    local c, err = keel.redis.connect("redis://127.0.0.1:1")
+    assert.is_nil(c)
+    assert.equal("conn: connect failed: Connection refused", err)
+  end)
+
+  it("fails on an unknown host", function()
+    local c, err = keel.redis.connect({ host = "no-such-host.invalid" })
+    assert.is_nil(c)
+    assert.matches("^conn: connect failed:", err)
+  end)
+
+  it("reports a wrong password clearly", function()
+    local s = redis_server.start({ password = "sekret" })
+    local c, err = keel.redis.connect(string.format("redis://:wrong@127.0.0.1:%d", s.port))
+    assert.is_nil(c)
+    assert.matches("^conn: auth failed: WRONGPASS", err)
+    local c2 = assert(keel.redis.connect(s.url))
+    assert.equal("PONG", c2:call("PING"))
+    c2:close()
+    s:cleanup()
+  end)
+
+  it("selects the database from the URL", function()
+    local s = redis_server.start()
+    local c = assert(keel.redis.connect(s.url .. "/2"))
+    c:call("SET", "in-db-2", "yes")
+    assert.equal("yes", s:cli("-n", "2", "GET", "in-db-2"))
+    c:close()
+    s:cleanup()
+  end)
+
+  it("fails calls after close", function()
+    local s = redis_server.start()
+    local c = assert(keel.redis.connect(s.url))
+    c:close()
+    c:close()
+    assert.same({ nil, "closed: client closed" }, { c:call("PING") })
+    s:cleanup()
+  end)
+
+  it("fails in-flight calls with 'closed' when closed under them", function()
+    local s = redis_server.start()
+    local c = assert(keel.redis.connect(s.url))
+    local t = keel.spawn(function() return c:call_timeout(5000, "DEBUG", "SLEEP", "0.3") end)
+    keel.sleep(20)
+    c:close()
+    local ok, v, err = t:join()
+    assert.is_true(ok)
+    assert.is_nil(v)
+    assert.equal("closed: client closed", err)
+    s:cleanup()
+  end)
+end)
+
+describe("keel.redis reconnect", function()
+  if not redis_server.available then return end
+
+  it("fails in-flight calls at a loss, fails fast while down, resumes when back", function()
+    local s = redis_server.start()
+    local c = assert(keel.redis.connect(s.url, { backoff_base_ms = 20, backoff_max_ms = 100 }))
+    assert.equal("OK", c:call("SET", "acked", "1"))
+    local inflight = keel.spawn(function() return c:call_timeout(5000, "BLPOP", "nothing", "0") end)
+    keel.sleep(20)
+    s:stop()
+    local ok, v, err = inflight:join()
+    assert.is_true(ok)
+    assert.is_nil(v)
+    assert.matches("^conn: ", err)
+    local v2, err2 = c:call("PING")
+    assert.is_nil(v2)
+    assert.matches("^conn: ", err2)
+    s:launch() -- same port, empty dataset (no persistence)
+    local back
+    for _ = 1, 100 do
+      if c:call("PING") == "PONG" then back = true break end
+      keel.sleep(20)
+    end
+    assert.is_true(back)
+    assert.equal("ready", (c:state()))
+    assert.is_true(c:stats().reconnects >= 1)
+    assert.equal("OK", c:call("SET", "after", "1"))
+    c:close()
+    s:cleanup()
+  end)
+end)
