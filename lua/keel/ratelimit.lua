@@ -25,7 +25,7 @@ end
 
 local function units(fname, n)
   if n == nil then return 1 end
-  if type(n) ~= "number" or not (n > 0) or n == huge then bad_n(fname, n) end
+  if type(n) ~= "number" or n ~= n or n <= 0 or n == huge then bad_n(fname, n) end
   return n
 end
 
