@@ -22,7 +22,9 @@ end
 M.available = sh("command -v redis-server 2>/dev/null") ~= ""
 
 local function port_busy(port)
-  return sh(string.format("(exec 3<>/dev/tcp/127.0.0.1/%d) 2>/dev/null && echo busy", port)):find("busy") ~= nil
+  -- /dev/tcp is a bash feature (sh may be dash)
+  local probe = "bash -c '(exec 3<>/dev/tcp/127.0.0.1/%d) 2>/dev/null && echo busy'"
+  return sh(string.format(probe, port)):find("busy") ~= nil
 end
 
 local function pick_port()
@@ -45,7 +47,14 @@ function Server:launch()
   for _ = 1, 200 do
     local pong = sh(string.format("redis-cli -p %d %s ping 2>/dev/null", self.port,
       self.password and ("-a " .. self.password .. " --no-auth-warning") or ""))
-    if pong:find("PONG") then return self end
+    if pong:find("PONG") then
+      -- make sure the PONG came from our server, not from another on the port
+      local alive = os.execute("kill -0 " .. self.pid .. " 2>/dev/null")
+      if alive ~= 0 and alive ~= true then
+        error("redis_server: redis-server exited: " .. sh("cat " .. dir .. "/log"))
+      end
+      return self
+    end
     keel.sleep(20)
   end
   error("redis_server: redis-server did not start on port " .. self.port .. ": " .. sh("cat " .. dir .. "/log"))
