@@ -1,0 +1,466 @@
+-- keel.redis.queue: an at-least-once work queue on a Redis Stream with a
+-- consumer group, shared by every process. Same API as keel.queue:
+--   local q = require("keel.redis.queue").new{ redis = client, name = "jobs" }
+--   q:push("payload")
+--   local msg = q:pop{ wait_ms = 1000 }   -- msg.id, msg.item, msg.attempt
+--   q:ack(msg)                            -- or q:nack(msg)
+--
+-- push = XADD (refused with "full" at capacity; MAXLEN as a hard bound).
+-- pop  = one script: reclaim messages idle past visibility_ms (XAUTOCLAIM),
+--        dead-letter those delivered more than max_attempts times, else read
+--        new ones (XREADGROUP); when there is nothing, a blocking XREADGROUP
+--        on a dedicated connection waits (bounded so reclaims keep running).
+-- ack  = XACK + XDEL, so an acknowledged message can never be delivered again.
+-- Dead-lettering is XADD to the dead-letter stream and then XACK: a crash in
+-- between duplicates a message, never loses it (and inside one script the
+-- two steps are atomic anyway).
+-- Items are strings (numbers are converted): serialise tables yourself.
+local check = require "keel.check"
+local metrics = require "keel.metrics"
+local sched = require "keel.sched"
+local redis = require "keel.redis"
+local common = require "keel.redis.common"
+local Ccore = require "keel.ffi.core"
+
+local type, tostring, setmetatable, error, tonumber = type, tostring, setmetatable, error, tonumber
+local huge, min, floor = math.huge, math.min, math.floor
+
+local PUSH = redis.script [[
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'd', ARGV[2])
+]]
+
+-- ARGV: group, consumer, visibility_ms, max_attempts, count, reclaim(0/1)
+local POP = redis.script [[
+local out, dead = {}, 0
+local function field(f, name)
+  if not f then return nil end
+  for i = 1, #f, 2 do if f[i] == name then return f[i + 1] end end
+end
+local function reclaim()
+  local c = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[5])
+  for _, e in ipairs(c[2]) do
+    local id, item = e[1], field(e[2], 'd')
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+    local n = (p[1] and p[1][4]) or 1
+    if item == nil then
+      redis.call('XACK', KEYS[1], ARGV[1], id)
+    elseif n > tonumber(ARGV[4]) then
+      redis.call('XADD', KEYS[2], '*', 'd', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout')
+      redis.call('XACK', KEYS[1], ARGV[1], id)
+      redis.call('XDEL', KEYS[1], id)
+      dead = dead + 1
+    else
+      out[#out + 1] = {id, item, n}
+    end
+  end
+end
+local reclaimed = false
+if ARGV[6] == '1' then reclaim(); reclaimed = true end
+if #out == 0 then
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[5], 'STREAMS', KEYS[1], '>')
+  if r then
+    for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], field(e[2], 'd') or '', 1} end
+  end
+end
+if #out == 0 and not reclaimed then reclaim() end
+return {out, dead}
+]]
+
+local ACK = redis.script [[
+local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return n
+]]
+
+-- ARGV: group, consumer, id, idle, attempt, max_attempts, item, error
+-- -> 0 unknown, 1 requeued, 2 dead
+local NACK = redis.script [[
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not p[1] then return 0 end
+if tonumber(ARGV[5]) >= tonumber(ARGV[6]) then
+  redis.call('XADD', KEYS[2], '*', 'd', ARGV[7], 'id', ARGV[3], 'attempts', ARGV[5], 'error', ARGV[8])
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('XDEL', KEYS[1], ARGV[3])
+  return 2
+end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
+return 1
+]]
+
+-- ARGV: group, consumer, id, idle -> 1 | 0 (not pending)
+local EXTEND = redis.script [[
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not p[1] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
+return 1
+]]
+
+-- ARGV: n -> moved
+local REDRIVE = redis.script [[
+local r = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', ARGV[1])
+for _, e in ipairs(r) do
+  local f, item = e[2], ''
+  for i = 1, #f, 2 do if f[i] == 'd' then item = f[i + 1] end end
+  redis.call('XADD', KEYS[1], '*', 'd', item)
+  redis.call('XDEL', KEYS[2], e[1])
+end
+return #r
+]]
+
+local Queue = {}
+Queue.__index = Queue
+
+local NEW_OPTS = check.set { "redis", "name", "prefix", "group", "consumer", "capacity", "visibility_ms",
+  "max_attempts", "prefetch", "max_blockers", "block_ms" }
+local PUSH_OPTS = check.set { "delay_ms", "priority", "dedup_key" }
+local POP_OPTS = check.set { "wait_ms" }
+local NACK_OPTS = check.set { "delay_ms", "error" }
+
+local function self_check(fname, self) common.self(fname, self, Queue) end
+
+local function default_consumer()
+  local pid = "?"
+  local f = io.open("/proc/self/stat")
+  if f then pid = (f:read("*l") or ""):match("^(%d+)") or "?"; f:close() end
+  local w = sched.world()
+  return string.format("%s-%08x", pid, tonumber(Ccore.keel_rand_next(w.rand) % 0x100000000))
+end
+
+local M = {}
+
+function M.new(opts)
+  local F = "keel.redis.queue"
+  opts = check.opts(F, opts, NEW_OPTS)
+  local client = common.client(F, opts.redis)
+  local name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil
+  local prefix = common.prefix(F, opts, "queue")
+  local vis = check.number(F, "option 'visibility_ms'", opts.visibility_ms, 30000, 1, 1e12)
+  local self = setmetatable({
+    redis = client, name = name,
+    stream = "{" .. prefix .. "}:s", dead_stream = "{" .. prefix .. "}:dead",
+    group = check.string(F, "option 'group'", opts.group, "keel"),
+    consumer = opts.consumer ~= nil and check.string(F, "option 'consumer'", opts.consumer) or default_consumer(),
+    capacity = check.integer(F, "option 'capacity'", opts.capacity, 1000000, 1, 2 ^ 53),
+    visibility_ms = floor(vis),
+    max_attempts = check.integer(F, "option 'max_attempts'", opts.max_attempts, 5, 1, 1e9),
+    prefetch = check.integer(F, "option 'prefetch'", opts.prefetch, 16, 1, 10000),
+    max_blockers = check.integer(F, "option 'max_blockers'", opts.max_blockers, 4, 0, 1000),
+    block_ms = check.number(F, "option 'block_ms'", opts.block_ms, min(1000, math.max(1, floor(vis / 2))), 1, 1e9),
+    buf = {}, bhead = 1, btail = 0,
+    blockers = {}, nblockers = 0, blocker_wait = sched.waitqueue(),
+    group_ready = false, next_reclaim = -huge,
+    st = { pushed = 0, popped = 0, acked = 0, nacked = 0, dead_lettered = 0, reclaimed = 0, full = 0,
+           redriven = 0, errors = 0 },
+  }, Queue)
+  metrics.register("queue", name, self)
+  return self
+end
+
+local function ensure_group(self)
+  if self.group_ready then return true end
+  local ok, err = self.redis:call("XGROUP", "CREATE", self.stream, self.group, "0", "MKSTREAM")
+  if ok or (err and err:find("^BUSYGROUP")) then
+    self.group_ready = true
+    return true
+  end
+  return nil, err
+end
+
+-- A Redis restarted without persistence forgets the group: recreate it.
+local function retry_nogroup(self, fn)
+  local v, err = fn()
+  if v == nil and err and err:find("NOGROUP") then
+    self.group_ready = false
+    local ok, gerr = ensure_group(self)
+    if not ok then return nil, gerr end
+    v, err = fn()
+  end
+  return v, err
+end
+
+local function item_arg(F, item)
+  local t = type(item)
+  if t == "string" then return item end
+  if t == "number" and item == item then return tostring(item) end
+  error(F .. ": argument 'item' must be a string or number (got " .. tostring(item) .. ")", 3)
+end
+
+-- push(item) -> id | nil, "full" | nil, "conn: ..."
+function Queue:push(item, opts)
+  local F = "keel.redis.queue:push"
+  self_check(F, self)
+  item = item_arg(F, item)
+  if opts ~= nil then
+    check.opts(F, opts, PUSH_OPTS)
+    if opts.delay_ms or opts.priority or opts.dedup_key then
+      error(F .. ": options delay_ms, priority and dedup_key are not supported by the Redis queue", 2)
+    end
+  end
+  local id, err = self.redis:eval(PUSH, 1, self.stream, self.capacity, item)
+  if id == nil then
+    if err then self.st.errors = self.st.errors + 1; return nil, err end
+    self.st.full = self.st.full + 1
+    return nil, "full"
+  end
+  self.st.pushed = self.st.pushed + 1
+  return id
+end
+
+local function new_msg(self, id, item, attempt)
+  return { id = id, item = item, attempt = attempt, queue = self, delivered = sched.now() }
+end
+
+local function buffer(self, list)
+  for _, e in ipairs(list) do
+    local t = self.btail + 1
+    self.btail = t
+    self.buf[t] = new_msg(self, e[1], e[2], e[3])
+    if e[3] > 1 then self.st.reclaimed = self.st.reclaimed + 1 end
+  end
+end
+
+local function take(self)
+  while self.bhead <= self.btail do
+    local h = self.bhead
+    local msg = self.buf[h]
+    self.buf[h] = nil
+    self.bhead = h + 1
+    -- held here past visibility: another consumer may have it by now; it
+    -- stays pending in Redis and comes back through a reclaim
+    if sched.now() - msg.delivered < self.visibility_ms then
+      self.st.popped = self.st.popped + 1
+      return msg
+    end
+  end
+  self.bhead, self.btail = 1, 0
+  return nil
+end
+
+local function fetch(self)
+  local ok, err = ensure_group(self)
+  if not ok then return nil, err end
+  local now = sched.now()
+  local reclaim = now >= self.next_reclaim
+  if reclaim then self.next_reclaim = now + math.max(10, self.visibility_ms / 4) end
+  local r
+  r, err = retry_nogroup(self, function()
+    return self.redis:eval(POP, 2, self.stream, self.dead_stream, self.group, self.consumer,
+      self.visibility_ms, self.max_attempts, self.prefetch, reclaim and "1" or "0")
+  end)
+  if not r then self.st.errors = self.st.errors + 1; return nil, err end
+  self.st.dead_lettered = self.st.dead_lettered + r[2]
+  buffer(self, r[1])
+  return true
+end
+
+local function get_blocker(self)
+  local n = #self.blockers
+  if n > 0 then
+    local c = self.blockers[n]
+    self.blockers[n] = nil
+    return c
+  end
+  if self.nblockers >= self.max_blockers then return nil end
+  self.nblockers = self.nblockers + 1
+  local o = {}
+  for k, v in pairs(self.redis.opts) do o[k] = v end
+  o.name = nil
+  local c = redis.connect(o)
+  if not c then self.nblockers = self.nblockers - 1 end
+  return c
+end
+
+local function put_blocker(self, c)
+  if c:state() == "closed" then self.nblockers = self.nblockers - 1; return end
+  self.blockers[#self.blockers + 1] = c
+end
+
+-- Waits for new messages with a blocking XREADGROUP on a dedicated
+-- connection (or a short sleep when every blocker is busy).
+local function block(self, ms)
+  local c = get_blocker(self)
+  if not c then
+    sched.sleep(min(ms, 10), "keel.redis.queue:pop")
+    return
+  end
+  local ok, r = pcall(c.call_timeout, c, ms + 2000, "XREADGROUP", "GROUP", self.group, self.consumer,
+    "COUNT", self.prefetch, "BLOCK", floor(ms), "STREAMS", self.stream, ">")
+  if not ok then c:close(); self.nblockers = self.nblockers - 1; error(r, 0) end -- cancelled
+  put_blocker(self, c)
+  if type(r) == "table" and r[1] then
+    for _, e in ipairs(r[1][2]) do
+      local f, item = e[2], ""
+      if f then for i = 1, #f, 2 do if f[i] == "d" then item = f[i + 1] end end end
+      local t = self.btail + 1
+      self.btail = t
+      self.buf[t] = new_msg(self, e[1], item, 1)
+    end
+  elseif r == nil then
+    -- nil is both "nothing arrived" and a failure; a failure was already
+    -- visible to the caller's next fetch, so pause briefly instead of spinning
+    local st = c:state()
+    if st ~= "ready" then sched.sleep(min(ms, 50), "keel.redis.queue:pop") end
+  end
+end
+
+-- pop([{wait_ms}]) -> msg | nil, "empty" | "timeout" | "conn: ..."
+function Queue:pop(opts)
+  local F = "keel.redis.queue:pop"
+  self_check(F, self)
+  local wait_ms = 0
+  if opts ~= nil then
+    check.opts(F, opts, POP_OPTS)
+    wait_ms = check.number(F, "option 'wait_ms'", opts.wait_ms, 0, 0)
+  end
+  local msg = take(self)
+  if msg then return msg end
+  local deadline = sched.now() + wait_ms
+  while true do
+    local ok, err = fetch(self)
+    if not ok then return nil, err end
+    msg = take(self)
+    if msg then return msg end
+    local left = deadline - sched.now()
+    if left <= 0 then return nil, wait_ms > 0 and "timeout" or "empty" end
+    block(self, min(left, self.block_ms))
+    msg = take(self)
+    if msg then return msg end
+  end
+end
+
+local function msg_arg(F, self, msg)
+  if type(msg) ~= "table" or type(msg.id) ~= "string" or type(msg.attempt) ~= "number" then
+    error(string.format("%s: argument 'msg' must be a message returned by pop (got %s)", F, tostring(msg)), 3)
+  end
+  return msg.queue == self
+end
+
+-- ack(msg) -> true | nil, "unknown" | nil, "conn: ..."
+function Queue:ack(msg)
+  local F = "keel.redis.queue:ack"
+  self_check(F, self)
+  if not msg_arg(F, self, msg) then return nil, "unknown" end
+  local n, err = self.redis:eval(ACK, 1, self.stream, self.group, msg.id)
+  if not n then self.st.errors = self.st.errors + 1; return nil, err end
+  if n == 0 then return nil, "unknown" end
+  self.st.acked = self.st.acked + 1
+  return true
+end
+
+-- nack(msg [, {delay_ms, error}]) -> true, "requeued" | "dead" | nil, "unknown"
+-- A requeued message is redelivered (to any consumer) after delay_ms,
+-- at most visibility_ms.
+function Queue:nack(msg, opts)
+  local F = "keel.redis.queue:nack"
+  self_check(F, self)
+  local mine = msg_arg(F, self, msg)
+  local delay, why = 0, "nack"
+  if opts ~= nil then
+    check.opts(F, opts, NACK_OPTS)
+    delay = check.number(F, "option 'delay_ms'", opts.delay_ms, 0, 0)
+    if opts.error ~= nil then why = tostring(opts.error) end
+  end
+  if not mine then return nil, "unknown" end
+  local idle = floor(math.max(0, self.visibility_ms - delay))
+  local r, err = self.redis:eval(NACK, 2, self.stream, self.dead_stream, self.group, self.consumer, msg.id,
+    idle, msg.attempt, self.max_attempts, msg.item, why)
+  if not r then self.st.errors = self.st.errors + 1; return nil, err end
+  if r == 0 then return nil, "unknown" end
+  self.st.nacked = self.st.nacked + 1
+  -- a requeued message comes back through a reclaim: look soon
+  self.next_reclaim = math.min(self.next_reclaim, sched.now() + delay)
+  if r == 2 then
+    self.st.dead_lettered = self.st.dead_lettered + 1
+    return true, "dead"
+  end
+  return true, "requeued"
+end
+
+-- extend(msg, ms) -> true | nil, "unknown": invisible for ms more (at most
+-- visibility_ms, the stream's idle clock being the only timer).
+function Queue:extend(msg, ms)
+  local F = "keel.redis.queue:extend"
+  self_check(F, self)
+  local mine = msg_arg(F, self, msg)
+  ms = check.number(F, "argument 'ms'", ms, nil, 0)
+  if not mine then return nil, "unknown" end
+  local idle = floor(math.max(0, self.visibility_ms - ms))
+  local r, err = self.redis:eval(EXTEND, 1, self.stream, self.group, self.consumer, msg.id, idle)
+  if not r then return nil, err end
+  if r == 0 then return nil, "unknown" end
+  msg.delivered = sched.now() - idle
+  return true
+end
+
+-- redrive([n]) -> moved: dead letters back onto the queue, oldest first,
+-- with fresh attempts.
+function Queue:redrive(n)
+  local F = "keel.redis.queue:redrive"
+  self_check(F, self)
+  n = check.number(F, "argument 'n'", n, huge, 0)
+  local moved = 0
+  while moved < n do
+    local batch = min(n - moved, 100)
+    local r, err = self.redis:eval(REDRIVE, 2, self.stream, self.dead_stream, batch)
+    if not r then return nil, err end
+    moved = moved + r
+    if r < batch then break end
+  end
+  self.st.redriven = self.st.redriven + moved
+  return moved
+end
+
+-- dead([n]) -> list of { id, item, attempts, error, source_id } (oldest first)
+function Queue:dead(n)
+  local F = "keel.redis.queue:dead"
+  self_check(F, self)
+  n = check.integer(F, "argument 'n'", n, 100, 1, 1e6)
+  local r, err = self.redis:call("XRANGE", self.dead_stream, "-", "+", "COUNT", n)
+  if not r then return nil, err end
+  local out = {}
+  for _, e in ipairs(r) do
+    local f, d = e[2], { id = e[1] }
+    for i = 1, #f, 2 do d[f[i]] = f[i + 1] end
+    out[#out + 1] = { id = e[1], item = d.d, attempts = tonumber(d.attempts), error = d.error, source_id = d.id }
+  end
+  return out
+end
+
+-- info() -> { length, pending, dead } from Redis | nil, err
+function Queue:info()
+  self_check("keel.redis.queue:info", self)
+  local ok, err = ensure_group(self)
+  if not ok then return nil, err end
+  local r
+  r, err = self.redis:pipeline(function(p)
+    p:call("XLEN", self.stream)
+    p:call("XPENDING", self.stream, self.group)
+    p:call("XLEN", self.dead_stream)
+  end)
+  if not r then return nil, err end
+  local pend = type(r[2]) == "table" and r[2][1] or 0
+  return { length = r[1], pending = pend, ready = (r[1] or 0) - pend, dead = r[3] }
+end
+
+function Queue:stats()
+  self_check("keel.redis.queue:stats", self)
+  local s = { buffered = self.btail - self.bhead + 1, blockers = self.nblockers }
+  for k, v in pairs(self.st) do s[k] = v end
+  return s
+end
+
+-- Closes the dedicated blocking connections (the shared client stays open).
+function Queue:close()
+  self_check("keel.redis.queue:close", self)
+  for _, c in ipairs(self.blockers) do c:close() end
+  self.blockers = {}
+  self.nblockers = 0
+end
+
+function Queue:__tostring()
+  return "keel.redis.queue(" .. self.stream .. ")"
+end
+
+M.Queue = Queue
+return M

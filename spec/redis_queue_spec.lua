@@ -1,0 +1,202 @@
+local keel = require "keel"
+local redis_server = require "redis_server"
+
+local function keel_bin() return os.getenv("KEEL_BIN") or "build/keel" end
+
+describe("keel.redis.queue", function()
+  if not redis_server.available then
+    pending("redis-server is not installed")
+    return
+  end
+  local server, c, Q
+
+  setup(function()
+    server = redis_server.start()
+    c = assert(keel.redis.connect(server.url))
+    Q = require("keel.redis.queue")
+  end)
+  teardown(function()
+    c:close()
+    server:cleanup()
+  end)
+
+  it("pushes, pops in order, acks", function()
+    local q = Q.new { redis = c, prefix = "q1" }
+    for i = 1, 5 do assert(q:push("job" .. i)) end
+    for i = 1, 5 do
+      local m = assert(q:pop())
+      assert.equal("job" .. i, m.item)
+      assert.equal(1, m.attempt)
+      assert.is_true(q:ack(m))
+      assert.same({ nil, "unknown" }, { q:ack(m) })
+    end
+    assert.same({ nil, "empty" }, { q:pop() })
+    local info = q:info()
+    assert.equal(0, info.length)
+    assert.equal(0, info.pending)
+    q:close()
+  end)
+
+  it("is binary-safe", function()
+    local q = Q.new { redis = c, prefix = "q2" }
+    local item = "a\0b\255" .. string.rep("x", 100000)
+    assert(q:push(item))
+    local m = assert(q:pop())
+    assert.equal(item, m.item)
+    q:ack(m)
+  end)
+
+  it("waits for a push with wait_ms, and times out", function()
+    local q = Q.new { redis = c, prefix = "q3", visibility_ms = 5000 }
+    local t = keel.spawn(function() return q:pop { wait_ms = 3000 } end)
+    keel.sleep(50)
+    assert(q:push("late"))
+    local ok, m = t:join()
+    assert.is_true(ok)
+    assert.equal("late", m.item)
+    q:ack(m)
+    assert.same({ nil, "timeout" }, { q:pop { wait_ms = 50 } })
+    q:close()
+  end)
+
+  it("refuses pushes at capacity", function()
+    local q = Q.new { redis = c, prefix = "q4", capacity = 2 }
+    assert(q:push("a"))
+    assert(q:push("b"))
+    assert.same({ nil, "full" }, { q:push("c") })
+    assert.is_true(q:ack(assert(q:pop())))
+    assert(q:push("c"))
+  end)
+
+  it("redelivers after visibility, dead-letters after max_attempts, redrives", function()
+    local q = Q.new { redis = c, prefix = "q5", visibility_ms = 40, max_attempts = 3, prefetch = 1 }
+    assert(q:push("flaky"))
+    for attempt = 1, 3 do
+      local m = assert(q:pop { wait_ms = 2000 })
+      assert.equal("flaky", m.item)
+      assert.equal(attempt, m.attempt)
+      -- neither acked nor nacked: the visibility timeout brings it back
+    end
+    assert.same({ nil, "timeout" }, { q:pop { wait_ms = 200 } })
+    local dead = q:dead()
+    assert.equal(1, #dead)
+    assert.equal("flaky", dead[1].item)
+    assert.equal(3, dead[1].attempts)
+    assert.equal("visibility timeout", dead[1].error)
+    assert.is_true(q:stats().dead_lettered >= 1)
+    assert.equal(1, q:redrive())
+    assert.equal(0, #q:dead())
+    local m = assert(q:pop { wait_ms = 1000 })
+    assert.equal("flaky", m.item)
+    assert.equal(1, m.attempt)
+    q:ack(m)
+    q:close()
+  end)
+
+  it("nack requeues, and dead-letters on the last attempt", function()
+    local q = Q.new { redis = c, prefix = "q6", visibility_ms = 5000, max_attempts = 2, prefetch = 1 }
+    assert(q:push("x"))
+    local m = assert(q:pop())
+    assert.same({ true, "requeued" }, { q:nack(m, { error = "boom" }) })
+    local m2 = assert(q:pop { wait_ms = 1000 })
+    assert.equal(2, m2.attempt)
+    assert.same({ true, "dead" }, { q:nack(m2, { error = "boom again" }) })
+    local dead = q:dead()
+    assert.equal("boom again", dead[1].error)
+    assert.equal(m.id, dead[1].source_id)
+    assert.same({ nil, "unknown" }, { q:nack(m2) })
+    q:close()
+  end)
+
+  it("rejects bad arguments", function()
+    assert.has_error(function() Q.new { redis = c, visibility_ms = 0 } end)
+    assert.has_error(function() Q.new { redis = c, bogus = 1 } end)
+    local q = Q.new { redis = c, prefix = "q7" }
+    assert.has_error(function() q:push(nil) end)
+    assert.has_error(function() q:push({}) end)
+    assert.has_error(function() q:push("x", { delay_ms = 5 }) end)
+    assert.has_error(function() q:pop { wait_ms = -1 } end)
+    assert.has_error(function() q:ack("nope") end)
+    assert.has_error(function() q.pop() end)
+  end)
+
+  it("at-least-once across a SIGKILLed consumer; acked messages never reappear", function()
+    local prefix = "q8"
+    local q = Q.new { redis = c, prefix = prefix, visibility_ms = 300, max_attempts = 2, prefetch = 1 }
+    for i = 1, 5 do assert(q:push("m" .. i)) end
+    -- we take and ack m1..m2 first
+    for i = 1, 2 do
+      local m = assert(q:pop())
+      assert.equal("m" .. i, m.item)
+      assert.is_true(q:ack(m))
+    end
+    local dir = io.popen("mktemp -d /tmp/keel-queue-XXXXXX"):read("*l")
+    local pid = tonumber(io.popen(string.format(
+      "%s spec/support/redis_queue_worker.lua %s %s 300 %s/got > %s/err 2>&1 & echo $!",
+      keel_bin(), server.url, prefix, dir, dir)):read("*l"))
+    local got
+    for _ = 1, 300 do
+      local f = io.open(dir .. "/got")
+      if f then got = f:read("*a"); f:close() end
+      if got and got ~= "" then break end
+      keel.sleep(20)
+    end
+    assert.matches("^GOT %S+ m3 1", got)
+    os.execute("kill -9 " .. pid)
+    -- the worker's message comes back after visibility, as attempt 2
+    local seen = {}
+    local redelivered
+    for _ = 1, 3 do
+      local m = assert(q:pop { wait_ms = 2000 })
+      seen[#seen + 1] = m.item
+      if m.item == "m3" then
+        assert.equal(2, m.attempt)
+        redelivered = m -- do not ack: it will be dead-lettered
+      else
+        assert.is_true(q:ack(m))
+      end
+    end
+    assert.truthy(redelivered)
+    table.sort(seen)
+    assert.same({ "m3", "m4", "m5" }, seen)
+    -- past max_attempts it goes to the dead-letter stream, and nothing
+    -- acknowledged ever shows up again
+    local m, err = q:pop { wait_ms = 800 }
+    assert.is_nil(m)
+    assert.equal("timeout", err)
+    local dead = q:dead()
+    assert.equal(1, #dead)
+    assert.equal("m3", dead[1].item)
+    assert.equal(2, dead[1].attempts)
+    local info = q:info()
+    assert.equal(0, info.length)
+    assert.equal(0, info.pending)
+    os.execute("rm -rf " .. dir)
+    q:close()
+  end)
+
+  it("survives a Redis restart: errors while down, resumes after", function()
+    local s = redis_server.start()
+    local c2 = assert(keel.redis.connect(s.url, { backoff_base_ms = 10, backoff_max_ms = 50 }))
+    local q = Q.new { redis = c2, prefix = "q9", visibility_ms = 1000 }
+    assert(q:push("before"))
+    local m = assert(q:pop())
+    assert.is_true(q:ack(m))
+    s:restart()
+    local _, err = q:push("during")
+    assert.matches("^conn: ", err)
+    local ok
+    for _ = 1, 100 do
+      if q:push("after") then ok = true break end
+      keel.sleep(20)
+    end
+    assert.is_true(ok)
+    -- the restarted server has no group: the queue recreates it
+    local m2 = assert(q:pop { wait_ms = 1000 })
+    assert.equal("after", m2.item)
+    assert.is_true(q:ack(m2))
+    q:close()
+    c2:close()
+    s:cleanup()
+  end)
+end)
