@@ -1,0 +1,66 @@
+-- keel.redis.dedup: "have I processed this message already?" across
+-- processes: SET {prefix:key} 1 NX PX ttl. Same API as keel.dedup:
+--   local d = require("keel.redis.dedup").new{ redis = client, ttl_ms = 3600000 }
+--   if not d:seen(msg_id) then process(msg) end
+-- seen() answers false exactly once per key per ttl window, for the whole
+-- fleet. On a Redis failure it returns nil, err: the caller decides whether
+-- to process (risking a duplicate) or to retry later.
+local check = require "keel.check"
+local metrics = require "keel.metrics"
+local keyarg = require "keel.keyarg"
+local common = require "keel.redis.common"
+
+local Dedup = {}
+Dedup.__index = Dedup
+
+local OPTS = check.set { "redis", "ttl_ms", "max", "name", "prefix" }
+
+local M = {}
+
+-- ttl_ms bounds Redis memory (default one day); "max" is accepted for API
+-- compatibility and ignored: Redis' maxmemory is the limit.
+function M.new(opts)
+  local F = "keel.redis.dedup"
+  opts = check.opts(F, opts, OPTS)
+  local self = setmetatable({
+    redis = common.client(F, opts.redis),
+    ttl_ms = math.ceil(check.number(F, "option 'ttl_ms'", opts.ttl_ms, 86400000, 1, 1e15)),
+    name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
+    prefix = common.prefix(F, opts, "dedup"),
+    st = { checks = 0, duplicates = 0, errors = 0 },
+  }, Dedup)
+  metrics.register("dedup", self.name, self)
+  return self
+end
+
+-- seen(key) -> false (first time: marked now) | true | nil, err
+function Dedup:seen(key)
+  local F = "dedup:seen"
+  common.self(F, self, Dedup)
+  key = keyarg(F, "argument 'key'", key)
+  local r, err = self.redis:call("SET", common.tag(self.prefix, key), "1", "NX", "PX", self.ttl_ms)
+  if err then self.st.errors = self.st.errors + 1; return nil, err end
+  self.st.checks = self.st.checks + 1
+  if r == nil then self.st.duplicates = self.st.duplicates + 1; return true end
+  return false
+end
+
+-- forget(key) -> boolean (whether it was marked) | nil, err
+function Dedup:forget(key)
+  local F = "dedup:forget"
+  common.self(F, self, Dedup)
+  key = keyarg(F, "argument 'key'", key)
+  local r, err = self.redis:call("DEL", common.tag(self.prefix, key))
+  if err then return nil, err end
+  return r == 1
+end
+
+function Dedup:stats()
+  common.self("dedup:stats", self, Dedup)
+  return { checks = self.st.checks, duplicates = self.st.duplicates, errors = self.st.errors, ttl_ms = self.ttl_ms }
+end
+
+function Dedup:__tostring() return "keel.redis.dedup(" .. self.prefix .. ")" end
+
+M.Dedup = Dedup
+return M

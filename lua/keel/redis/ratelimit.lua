@@ -1,0 +1,116 @@
+-- keel.redis.ratelimit: a fleet-wide GCRA rate limiter, one script per take
+-- and the server's clock (TIME), so every process shares one budget. Same
+-- API as keel.ratelimit:
+--   local rl = require("keel.redis.ratelimit").new{ redis = client, rate = 100, per_ms = 1000, burst = 10 }
+--   local ok, why, retry_after_ms = rl:take()
+--   keyed: new{ ..., keyed = true }; rl:take("tenant-42")
+-- State per key is one number (the theoretical arrival time) that expires
+-- when the bucket would be full again, so idle keys cost nothing.
+local check = require "keel.check"
+local metrics = require "keel.metrics"
+local sched = require "keel.sched"
+local keyarg = require "keel.keyarg"
+local redis = require "keel.redis"
+local common = require "keel.redis.common"
+
+local huge, type = math.huge, type
+
+-- ARGV: interval_ms (per unit), burst, n -> {0} allowed | {1, retry_after_ms} | {2} never
+local TAKE = redis.script [[
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local T, burst, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if n > burst then return {2} end
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + n * T
+local allow_at = new_tat - burst * T
+if allow_at > now then return {1, tostring(allow_at - now)} end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
+return {0}
+]]
+
+local Limiter = {}
+Limiter.__index = Limiter
+
+local OPTS = check.set { "redis", "rate", "per_ms", "burst", "keyed", "max_keys", "name", "prefix" }
+
+local M = {}
+
+function M.new(opts)
+  local F = "keel.redis.ratelimit"
+  opts = check.opts(F, opts, OPTS)
+  local rate = check.number(F, "option 'rate'", opts.rate, nil, 1e-9, 1e12)
+  local per_ms = check.number(F, "option 'per_ms'", opts.per_ms, 1000, 1e-6, 1e15)
+  local burst = check.number(F, "option 'burst'", opts.burst, math.max(1, rate), 1, 1e15)
+  local self = setmetatable({
+    redis = common.client(F, opts.redis),
+    rate = rate, per_ms = per_ms, burst = burst, interval = per_ms / rate,
+    keyed = check.boolean(F, "option 'keyed'", opts.keyed, false),
+    name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
+    prefix = common.prefix(F, opts, "ratelimit"),
+    st = { allowed = 0, limited = 0, errors = 0 },
+  }, Limiter)
+  metrics.register("ratelimit", self.name, self)
+  return self
+end
+
+local function args(self, F, a, b)
+  local key, n
+  if self.keyed then key, n = keyarg(F, "argument 'key'", a, 3), b else key, n = "", a end
+  if n == nil then n = 1 end
+  if type(n) ~= "number" or n ~= n or n <= 0 or n == huge then
+    check.number(F, "argument 'n'", n, nil, 1e-300, 1e300)
+  end
+  return key, n
+end
+
+local function take(self, key, n)
+  local r, err = self.redis:eval(TAKE, 1, common.tag(self.prefix, key), string.format("%.17g", self.interval),
+    string.format("%.17g", self.burst), string.format("%.17g", n))
+  if not r then self.st.errors = self.st.errors + 1; return nil, err end
+  if r[1] == 0 then self.st.allowed = self.st.allowed + 1; return true end
+  self.st.limited = self.st.limited + 1
+  if r[1] == 2 then return nil, "limited", huge end
+  return nil, "limited", tonumber(r[2])
+end
+
+-- take([key,] [n]) -> true | nil, "limited", retry_after_ms | nil, "conn: ..."
+function Limiter:take(a, b)
+  local F = "ratelimit:take"
+  common.self(F, self, Limiter)
+  local key, n = args(self, F, a, b)
+  return take(self, key, n)
+end
+
+-- wait([key,] [n [, timeout_ms]]) -> true | nil, "timeout" | "limited" | "conn: ..."
+-- Retries after the advertised delay; under contention from other
+-- processes a slot may be taken first, in which case it waits again.
+function Limiter:wait(a, b, c)
+  local F = "ratelimit:wait"
+  common.self(F, self, Limiter)
+  local key, n, timeout
+  if self.keyed then key, n = args(self, F, a, b); timeout = c else key, n = args(self, F, a); timeout = b end
+  if timeout ~= nil then check.number(F, "argument 'timeout_ms'", timeout, nil, 0) end
+  sched.need_task(F, 2)
+  local deadline = timeout and sched.now() + timeout
+  while true do
+    local ok, err, after = take(self, key, n)
+    if ok then return true end
+    if err ~= "limited" then return nil, err end
+    if after == huge then return nil, "limited" end
+    if deadline and sched.now() + after > deadline then return nil, "timeout" end
+    sched.sleep(math.max(after, 0.1), F)
+  end
+end
+
+function Limiter:stats()
+  common.self("ratelimit:stats", self, Limiter)
+  return { allowed = self.st.allowed, limited = self.st.limited, errors = self.st.errors,
+           rate = self.rate, per_ms = self.per_ms, burst = self.burst }
+end
+
+function Limiter:__tostring() return "keel.redis.ratelimit(" .. self.prefix .. ")" end
+
+M.Limiter = Limiter
+return M
