@@ -8,13 +8,17 @@
 #define MAX_VALUE (64u * 1024u)
 #define MAX_CHUNK_BITS 10
 #define EXPIRE_PER_PUT 2
+/* The top bit of hdr_t.hash is the "used since it last reached the cold end"
+ * mark of second-chance eviction; the low 31 bits are the hash. */
+#define REF 0x80000000u
+#define HASH_BITS 0x7fffffffu
 
 /* 48 bytes; slot links are 32-bit indices rather than pointers to keep the
  * per-entry overhead well under a cache line. */
 typedef struct {
     uint32_t prev, next; /* LRU list (MRU at head); free list reuses next */
     uint32_t chain;      /* next slot in the same bucket */
-    uint32_t hash;
+    uint32_t hash;       /* 31-bit hash | REF */
     uint32_t keylen;     /* NIL marks a free slot */
     uint32_t heap;       /* position in the expiry heap, or NIL */
     double expires;
@@ -58,7 +62,7 @@ static uint32_t hash_key(uint64_t seed, const char *p, size_t len) {
         h = fold(h ^ w ^ ((uint64_t)len << 56), k1);
     }
     h = fold(h ^ k0, k1);
-    return (uint32_t)(h ^ (h >> 32));
+    return (uint32_t)(h ^ (h >> 32)) & HASH_BITS;
 }
 
 /* ---- slots ---- */
@@ -189,7 +193,7 @@ static uint32_t lookup(keel_map_t *m, const char *key, size_t len, uint32_t hv) 
     uint32_t s = m->buckets[hv & (m->nbuckets - 1)];
     while (s != NIL) {
         hdr_t *h = hdr(m, s);
-        if (h->hash == hv && h->keylen == len && memcmp(keyp(h), key, len) == 0) return s;
+        if ((h->hash & HASH_BITS) == hv && h->keylen == len && memcmp(keyp(h), key, len) == 0) return s;
         s = h->chain;
     }
     return NIL;
@@ -273,11 +277,14 @@ static uint32_t find_live(keel_map_t *m, const char *key, size_t len) {
     return s;
 }
 
+/* A hit only marks the entry (its header is already in cache); moving it to
+ * the MRU end would touch both neighbours, two more cache misses on a big
+ * map. Eviction gives marked entries a second chance instead. */
 void *keel_map_get(keel_map_t *m, const char *key, size_t len) {
     uint32_t s = find_live(m, key, len);
     if (s == NIL) return NULL;
     hdr_t *h = hdr(m, s);
-    lru_touch(m, s, h);
+    h->hash |= REF;
     return val(h);
 }
 
@@ -316,7 +323,7 @@ void *keel_map_put(keel_map_t *m, const char *key, size_t len, int *inserted) {
     if (s != NIL) {
         hdr_t *h = hdr(m, s);
         if (!is_dead(m, h)) {
-            lru_touch(m, s, h);
+            h->hash |= REF;
             return val(h);
         }
         remove_slot(m, s, KEEL_MAP_EXPIRED);
@@ -324,6 +331,13 @@ void *keel_map_put(keel_map_t *m, const char *key, size_t len, int *inserted) {
     if (m->heap_len) keel_map_expire(m, EXPIRE_PER_PUT);
     if (m->count >= m->max) {
         if (!(m->flags & KEEL_MAP_EVICT)) return NULL;
+        /* second chance: each pass clears marks, so this ends within count steps */
+        for (;;) {
+            hdr_t *t = hdr(m, m->tail);
+            if (!(t->hash & REF)) break;
+            t->hash &= HASH_BITS;
+            lru_touch(m, m->tail, t);
+        }
         remove_slot(m, m->tail, KEEL_MAP_EVICTED);
     }
     if (m->count >= m->nbuckets && m->nbuckets < m->max && rehash(m, m->nbuckets * 2)) return NULL;
@@ -400,7 +414,10 @@ int keel_map_del_slot(keel_map_t *m, uint32_t slot) {
 }
 
 void keel_map_touch(keel_map_t *m, uint32_t slot) {
-    if (live_slot(m, slot)) lru_touch(m, slot, hdr(m, slot));
+    if (!live_slot(m, slot)) return;
+    hdr_t *h = hdr(m, slot);
+    h->hash &= HASH_BITS;
+    lru_touch(m, slot, h);
 }
 
 int keel_map_set_expiry(keel_map_t *m, uint32_t slot, double expires_ms) {

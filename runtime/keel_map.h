@@ -3,8 +3,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "keel_clock.h"
-/* A bounded string-keyed hash map with LRU order and optional per-entry
- * expiry, the shared storage of the keyed primitives (leases, dedup,
+/* A bounded string-keyed hash map with LRU-approximating eviction and
+ * optional per-entry expiry, the shared storage of the keyed primitives (leases, dedup,
  * registry, keyed bulkheads and rate limiters).
  *
  * Each entry owns value_size bytes of POD (zeroed on insert) and a stable
@@ -20,7 +20,15 @@
  *
  * At max_entries: put reclaims one expired entry if there is one; otherwise
  * with KEEL_MAP_EVICT it evicts the least recently used entry, and without
- * it returns NULL (the map is full; keel_map_full() tells it from OOM). */
+ * it returns NULL (the map is full; keel_map_full() tells it from OOM).
+ *
+ * "Least recently used" is second-chance (CLOCK) LRU: entries sit in a list
+ * in insertion order; get/put on an existing entry only marks it; eviction
+ * takes the oldest entry, but a marked one is unmarked and moved to the new
+ * end instead (a second chance). An entry used since it last reached the
+ * cold end is therefore never evicted before one that was not: the victim is
+ * exact LRU whenever every entry was used at most once per pass, and close
+ * to it otherwise, at no extra memory traffic on a hit. */
 
 typedef struct keel_map keel_map_t;
 
@@ -44,11 +52,11 @@ keel_map_t *keel_map_new(uint32_t max_entries, uint32_t value_size, uint32_t fla
 void keel_map_free(keel_map_t *m);
 void keel_map_on_remove(keel_map_t *m, keel_map_hook fn, void *ud);
 
-/* Live entry's value, moved to the MRU end; NULL when absent or expired. */
+/* Live entry's value, marked as used; NULL when absent or expired. */
 void *keel_map_get(keel_map_t *m, const char *key, size_t len);
 /* Same without touching LRU order. */
 void *keel_map_peek(keel_map_t *m, const char *key, size_t len);
-/* Get-or-insert; moves the entry to MRU. *inserted (may be NULL) is 1 when
+/* Get-or-insert (an existing entry is marked as used). *inserted (may be NULL) is 1 when
  * the entry is new (value zeroed, no expiry). NULL: full (see above), key
  * longer than KEEL_MAP_MAX_KEY, or out of memory. */
 void *keel_map_put(keel_map_t *m, const char *key, size_t len, int *inserted);
@@ -62,7 +70,7 @@ uint32_t keel_map_find(keel_map_t *m, const char *key, size_t len); /* peek, as 
 void *keel_map_value(const keel_map_t *m, uint32_t slot);
 const char *keel_map_key(const keel_map_t *m, uint32_t slot, size_t *len);
 int keel_map_del_slot(keel_map_t *m, uint32_t slot);
-void keel_map_touch(keel_map_t *m, uint32_t slot); /* move to MRU */
+void keel_map_touch(keel_map_t *m, uint32_t slot); /* move to the newest end now */
 
 /* expires_ms: absolute time on the map's clock; INFINITY (or NaN) clears it.
  * Returns 0, or -1 for a free slot / no clock / out of memory. */
@@ -74,7 +82,7 @@ uint32_t keel_map_expire(keel_map_t *m, uint32_t max_n);
 /* Earliest expiry among entries (INFINITY when none). */
 double keel_map_next_expiry(const keel_map_t *m);
 
-/* LRU walk: oldest (least recently used) first. */
+/* Walk in list order, oldest (next eviction candidate) first. */
 uint32_t keel_map_oldest(const keel_map_t *m);
 uint32_t keel_map_newer(const keel_map_t *m, uint32_t slot);
 

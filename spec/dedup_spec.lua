@@ -111,7 +111,8 @@ describe("keel.dedup", function()
 
   it("is deterministic under keel.sim", function()
     local function run()
-      return keel.sim({ seed = 7 }, function()
+      local res
+      keel.sim({ seed = 7 }, function()
         local d = keel.dedup { max = 50, ttl_ms = 30 }
         local out = {}
         local r = 0
@@ -120,11 +121,13 @@ describe("keel.dedup", function()
           out[i] = d:seen("k" .. (r % 80)) and 1 or 0
           if i % 10 == 0 then keel.sleep(3) end
         end
-        return table.concat(out), d:size()
+        res = { table.concat(out), d:size() }
       end)
+      return res[1], res[2]
     end
     local a, n1 = run()
     local b, n2 = run()
+    assert.equal(500, #a)
     assert.equal(a, b)
     assert.equal(n1, n2)
   end)
