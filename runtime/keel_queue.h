@@ -46,7 +46,9 @@ keel_queue_t *keel_queue_new(keel_clock_t *clock, int32_t capacity,
                              double visibility_ms, int32_t max_attempts);
 void keel_queue_free(keel_queue_t *q);
 
-/* Power of two >= capacity; keel_queue_slot(id) == fmod(id, span). */
+/* Power of two >= capacity: any id's slot is fmod(id, span), which callers
+ * may compute themselves. keel_queue_slot does the same but returns -1 unless
+ * id is a live message. */
 double keel_queue_span(const keel_queue_t *q);
 int32_t keel_queue_slot(const keel_queue_t *q, double id);
 
