@@ -30,6 +30,7 @@ struct keel_map {
     uint64_t seed;
     uint32_t max, flags, value_size, stride;
     uint32_t count, hwm, free_head, head, tail;
+    uint32_t last; /* slot last returned by get/peek/put: makes slot(put()) O(1) */
     uint32_t chunk_bits, nchunks;
     char **chunks;
     uint32_t *buckets, nbuckets;
@@ -232,7 +233,7 @@ keel_map_t *keel_map_new(uint32_t max_entries, uint32_t value_size, uint32_t fla
     m->flags = flags;
     m->value_size = value_size;
     m->stride = (uint32_t)((sizeof(hdr_t) + value_size + 7) & ~(size_t)7);
-    m->free_head = m->head = m->tail = NIL;
+    m->free_head = m->head = m->tail = m->last = NIL;
     uint32_t bits = 0;
     while (bits < MAX_CHUNK_BITS && (1u << bits) < max_entries) bits++;
     m->chunk_bits = bits;
@@ -274,6 +275,7 @@ static uint32_t find_live(keel_map_t *m, const char *key, size_t len) {
         remove_slot(m, s, KEEL_MAP_EXPIRED);
         return NIL;
     }
+    m->last = s;
     return s;
 }
 
@@ -324,6 +326,7 @@ void *keel_map_put(keel_map_t *m, const char *key, size_t len, int *inserted) {
         hdr_t *h = hdr(m, s);
         if (!is_dead(m, h)) {
             h->hash |= REF;
+            m->last = s;
             return val(h);
         }
         remove_slot(m, s, KEEL_MAP_EXPIRED);
@@ -369,6 +372,7 @@ void *keel_map_put(keel_map_t *m, const char *key, size_t len, int *inserted) {
     lru_push_head(m, s, h);
     memset(val(h), 0, m->value_size);
     m->count++;
+    m->last = s;
     if (inserted) *inserted = 1;
     return val(h);
 }
@@ -381,6 +385,7 @@ int keel_map_del(keel_map_t *m, const char *key, size_t len) {
 }
 
 uint32_t keel_map_slot(const keel_map_t *m, const void *value) {
+    if (m->last != NIL && live_slot(m, m->last) && val(hdr(m, m->last)) == value) return m->last;
     const char *p = (const char *)value - sizeof(hdr_t);
     size_t span = (size_t)m->stride << m->chunk_bits;
     for (uint32_t c = 0; c < m->nchunks; c++) {

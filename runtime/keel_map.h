@@ -64,7 +64,8 @@ void *keel_map_put(keel_map_t *m, const char *key, size_t len, int *inserted);
 int keel_map_del(keel_map_t *m, const char *key, size_t len);
 
 /* Slot access. value/slot convert both ways; functions taking a slot ignore
- * free slots (return NULL / 0 / KEEL_MAP_NIL). */
+ * free slots (return NULL / 0 / KEEL_MAP_NIL). keel_map_slot is O(1) for the
+ * value the last get/peek/put/find returned, O(chunks) otherwise. */
 uint32_t keel_map_slot(const keel_map_t *m, const void *value);
 uint32_t keel_map_find(keel_map_t *m, const char *key, size_t len); /* peek, as slot */
 void *keel_map_value(const keel_map_t *m, uint32_t slot);
