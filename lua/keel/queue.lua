@@ -23,6 +23,9 @@ local PUSH_OPTS = check.set { "delay_ms", "priority", "dedup_key" }
 local POP_OPTS = check.set { "wait_ms" }
 local NACK_OPTS = check.set { "delay_ms", "error" }
 
+-- Longest delay/visibility honoured (~31700 years); the C core clamps the same way.
+local MAX_MS = 1e15
+
 local EXPIRED_ERROR = "visibility timeout"
 local NACK_ERROR = "nack"
 
@@ -208,6 +211,7 @@ function Queue:push(item, opts)
   local F = "keel.queue:push"
   check.opts(F, opts, PUSH_OPTS)
   local delay = check.number(F, "option 'delay_ms'", opts.delay_ms, 0, 0)
+  if delay > MAX_MS then delay = MAX_MS end
   local priority = check.number(F, "option 'priority'", opts.priority, 0)
   local key = opts.dedup_key
   if key ~= nil then key = check.key(F, "option 'dedup_key'", key) end
@@ -256,6 +260,7 @@ function Queue:nack(msg, opts)
   if opts ~= nil then
     check.opts(F, opts, NACK_OPTS)
     delay = check.number(F, "option 'delay_ms'", opts.delay_ms, 0, 0)
+    if delay > MAX_MS then delay = MAX_MS end
     if opts.error ~= nil then err = opts.error end
   end
   if not id or msg.queue ~= self then return nil, "unknown" end
@@ -278,7 +283,7 @@ function Queue:extend(msg, ms)
   check.self(F, self, Queue)
   local id, attempt = check_msg(F, msg)
   ms = check.number(F, "argument 'ms'", ms, nil, 0)
-  if ms == huge then ms = 1e15 end
+  if ms > MAX_MS then ms = MAX_MS end
   if not id or msg.queue ~= self or C.keel_queue_extend(self.q, id, attempt, ms) ~= 0 then
     return nil, "unknown"
   end
@@ -374,8 +379,8 @@ return function(opts)
   local capacity = check.integer(F, "option 'capacity'", opts.capacity, 10000, 1, 16777216)
   local vis = opts.visibility_ms
   if vis == nil then vis = 30000 end
-  if type(vis) ~= "number" or not (vis > 0 and vis < huge) then
-    error(string.format("%s: option 'visibility_ms' must be a finite number > 0 (got %s)", F, tostring(vis)), 2)
+  if type(vis) ~= "number" or not (vis > 0 and vis <= MAX_MS) then
+    error(string.format("%s: option 'visibility_ms' must be a number in (0, 1e15] (got %s)", F, tostring(vis)), 2)
   end
   local max_attempts = check.integer(F, "option 'max_attempts'", opts.max_attempts, 5, 1, 2147483647)
   local dlq = opts.dead_letter
