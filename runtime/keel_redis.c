@@ -41,6 +41,8 @@ struct keel_redis {
     int handles_open;
     int closing, abandoned, teardown_done;
     int in_cb;              /* inside a hiredis callback of r->ac */
+    int in_flush;
+    uv_prepare_t flush_prep;
 
     keel_redis_stats_t st;
 };
@@ -55,7 +57,9 @@ struct keel_redis {
 typedef struct {
     redisAsyncContext *context;
     uv_poll_t handle;
-    int events;
+    int events;         /* wanted */
+    int active;         /* registered with the poll handle */
+    int defer_write;    /* a write waits for the prepare-phase flush */
 } uv_events_t;
 
 static void ev_poll(uv_poll_t *handle, int status, int events) {
@@ -65,15 +69,56 @@ static void ev_poll(uv_poll_t *handle, int status, int events) {
     if (p->context && (ev & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
 }
 
+/* uv_poll_start re-registers with epoll even when nothing changed: only
+ * call it on a real change of the mask */
 static void ev_update(uv_events_t *p) {
+    if (p->events == p->active) return;
+    p->active = p->events;
     if (p->events) uv_poll_start(&p->handle, p->events, ev_poll);
     else uv_poll_stop(&p->handle);
 }
 
+static void flush_cb(uv_prepare_t *h);
+
+/* Writes are flushed once per loop iteration, just before the loop polls,
+ * by writing to the socket directly: every command queued during the
+ * iteration goes out in one write, without asking epoll about writability
+ * (the socket almost always is). Only a partial write (full socket buffer)
+ * or a connect in progress waits for UV_WRITABLE. */
+static void ev_add_write(void *d) {
+    uv_events_t *p = d;
+    redisAsyncContext *ac = p->context;
+    keel_redis_t *r = ac ? ac->data : NULL;
+    if (r && (ac->c.flags & REDIS_CONNECTED) && !r->in_flush && r->ac == ac) {
+        p->defer_write = 1;
+        if (!uv_is_active((uv_handle_t *)&r->flush_prep)) uv_prepare_start(&r->flush_prep, flush_cb);
+        return;
+    }
+    p->events |= UV_WRITABLE;
+    ev_update(p);
+}
+
 static void ev_add_read(void *d) { uv_events_t *p = d; p->events |= UV_READABLE; ev_update(p); }
 static void ev_del_read(void *d) { uv_events_t *p = d; p->events &= ~UV_READABLE; ev_update(p); }
-static void ev_add_write(void *d) { uv_events_t *p = d; p->events |= UV_WRITABLE; ev_update(p); }
-static void ev_del_write(void *d) { uv_events_t *p = d; p->events &= ~UV_WRITABLE; ev_update(p); }
+static void ev_del_write(void *d) {
+    uv_events_t *p = d;
+    p->defer_write = 0;
+    p->events &= ~UV_WRITABLE;
+    ev_update(p);
+}
+
+static void flush_cb(uv_prepare_t *h) {
+    keel_redis_t *r = h->data;
+    uv_prepare_stop(h);
+    redisAsyncContext *ac = r->ac;
+    if (!ac || !ac->ev.data) return;
+    uv_events_t *p = ac->ev.data;
+    if (!p->defer_write) return;
+    p->defer_write = 0;
+    r->in_flush = 1;
+    redisAsyncHandleWrite(ac); /* may free ac on a write error */
+    r->in_flush = 0;
+}
 
 static void ev_on_close(uv_handle_t *h) { free(h->data); }
 
@@ -460,10 +505,12 @@ keel_redis_t *keel_redis_new(uv_loop_t *loop, keel_clock_t *clock, keel_rand_t *
     uv_timer_init(loop, &r->deadline_timer);
     uv_timer_init(loop, &r->backoff_timer);
     uv_timer_init(loop, &r->close_timer);
-    r->deadline_timer.data = r->backoff_timer.data = r->close_timer.data = r;
+    uv_prepare_init(loop, &r->flush_prep);
+    uv_unref((uv_handle_t *)&r->flush_prep);
+    r->deadline_timer.data = r->backoff_timer.data = r->close_timer.data = r->flush_prep.data = r;
     uv_unref((uv_handle_t *)&r->backoff_timer);
     uv_unref((uv_handle_t *)&r->deadline_timer);
-    r->handles_open = 3;
+    r->handles_open = 4;
     start_connect(r);
     return r;
 }
@@ -518,6 +565,8 @@ static void teardown(keel_redis_t *r) {
     uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->backoff_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->close_timer, on_handle_closed);
+    uv_prepare_stop(&r->flush_prep);
+    uv_close((uv_handle_t *)&r->flush_prep, on_handle_closed);
     if (r->ac) {
         redisAsyncContext *ac = r->ac;
         /* a context that never connected gets no on_disconnect; one that did

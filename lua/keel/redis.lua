@@ -20,7 +20,7 @@ local completion, await, complete = sched.completion, sched.await, sched.complet
 
 local redis = {}
 
-local Client = {}
+local Client = { __name = "keel.redis.client" }
 Client.__index = Client
 redis.Client = Client
 
@@ -146,10 +146,8 @@ end
 local function send(self, timeout, fname, ...)
   local conn = self.conn
   if not conn then return nil, "closed: client closed" end
-  local ok, err = core_ready(conn)
-  if not ok then return nil, err end
   local id = completion(fname)
-  ok, err = core_call(conn, id, timeout, ...)
+  local ok, err = core_call(conn, id, timeout, ...)
   if not ok then
     complete(id) -- drops the completion; we are running, so nothing is woken
     return nil, err

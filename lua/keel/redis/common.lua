@@ -2,14 +2,16 @@
 -- result plumbing. Every key of one operation is built from the same
 -- "{prefix:key}" hash tag, so each script touches a single cluster slot.
 local check = require "keel.check"
-local redis = require "keel.redis"
 
 local common = {}
 
-local tostring, getmetatable, error, format = tostring, getmetatable, error, string.format
+local type, tostring, getmetatable, error, format, rawget = type, tostring, getmetatable, error, string.format, rawget
 
+-- By name, not identity: a module reloaded (e.g. by busted's insulation)
+-- has a fresh metatable, and its clients are just as good.
 function common.client(fname, v)
-  if getmetatable(v) ~= redis.Client then
+  local mt = getmetatable(v)
+  if type(mt) ~= "table" or rawget(mt, "__name") ~= "keel.redis.client" then
     error(format("%s: option 'redis' must be a client from keel.redis.connect (got %s)", fname, tostring(v)), 3)
   end
   return v

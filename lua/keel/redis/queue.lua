@@ -24,6 +24,8 @@ local Ccore = require "keel.ffi.core"
 
 local type, tostring, setmetatable, error, tonumber = type, tostring, setmetatable, error, tonumber
 local huge, min, floor = math.huge, math.min, math.floor
+local unpack = unpack or table.unpack
+local ACK_BATCH = 1000
 
 local PUSH = redis.script [[
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
@@ -73,6 +75,14 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return n
 ]]
 
+-- ARGV: group, id... -> acked count
+local ACK_MANY = redis.script [[
+local n = redis.call('XACK', KEYS[1], unpack(ARGV))
+table.remove(ARGV, 1)
+redis.call('XDEL', KEYS[1], unpack(ARGV))
+return n
+]]
+
 -- ARGV: group, consumer, id, idle, attempt, max_attempts, item, error
 -- -> 0 unknown, 1 requeued, 2 dead
 local NACK = redis.script [[
@@ -115,6 +125,7 @@ local NEW_OPTS = check.set { "redis", "name", "prefix", "group", "consumer", "ca
   "max_attempts", "prefetch", "max_blockers", "block_ms" }
 local PUSH_OPTS = check.set { "delay_ms", "priority", "dedup_key" }
 local POP_OPTS = check.set { "wait_ms" }
+local ACK_OPTS = check.set { "wait" }
 local NACK_OPTS = check.set { "delay_ms", "error" }
 
 local function self_check(fname, self) common.self(fname, self, Queue) end
@@ -150,8 +161,9 @@ function M.new(opts)
     buf = {}, bhead = 1, btail = 0,
     blockers = {}, nblockers = 0, blocker_wait = sched.waitqueue(),
     group_ready = false, next_reclaim = -huge,
+    acks = {}, nacks_pending = 0, flusher = nil, flushed = sched.waitqueue(),
     st = { pushed = 0, popped = 0, acked = 0, nacked = 0, dead_lettered = 0, reclaimed = 0, full = 0,
-           redriven = 0, errors = 0 },
+           redriven = 0, errors = 0, ack_errors = 0 },
   }, Queue)
   metrics.register("queue", name, self)
   return self
@@ -336,15 +348,67 @@ local function msg_arg(F, self, msg)
   return msg.queue == self
 end
 
--- ack(msg) -> true | nil, "unknown" | nil, "conn: ..."
-function Queue:ack(msg)
+-- Sends the acks queued by ack(msg, {wait = false}), all those queued
+-- meanwhile in one script per round trip.
+local function flush_acks(self)
+  while #self.acks > 0 do
+    local ids = self.acks
+    if #ids > ACK_BATCH then
+      local rest = {}
+      for i = ACK_BATCH + 1, #ids do rest[#rest + 1] = ids[i]; ids[i] = nil end
+      self.acks = rest
+    else
+      self.acks = {}
+    end
+    local n, err = self.redis:eval(ACK_MANY, 1, self.stream, self.group, unpack(ids))
+    if n then
+      self.st.acked = self.st.acked + n
+    else
+      -- not acknowledged: these come back through a reclaim (at-least-once)
+      self.st.ack_errors = self.st.ack_errors + #ids
+      self.st.errors = self.st.errors + 1
+      self.last_ack_error = err
+    end
+  end
+  self.flusher = nil
+  self.flushed:wake_all()
+end
+
+-- ack(msg [, {wait = false}]) -> true | nil, "unknown" | nil, "conn: ..."
+-- With wait = false the ack is queued and sent with others in one round
+-- trip; true then means "queued": if it cannot be delivered the message is
+-- redelivered later (stats().ack_errors counts those). The default waits
+-- for Redis, and an acknowledged message is then never delivered again.
+function Queue:ack(msg, opts)
   local F = "keel.redis.queue:ack"
   self_check(F, self)
+  local wait = true
+  if opts ~= nil then
+    check.opts(F, opts, ACK_OPTS)
+    wait = check.boolean(F, "option 'wait'", opts.wait, true)
+  end
   if not msg_arg(F, self, msg) then return nil, "unknown" end
+  if not wait then
+    local a = self.acks
+    a[#a + 1] = msg.id
+    if not self.flusher then self.flusher = sched.spawn(flush_acks, self)
+    elseif #a > 100 * ACK_BATCH then self:flush() end -- bounded: the producer waits
+    return true
+  end
   local n, err = self.redis:eval(ACK, 1, self.stream, self.group, msg.id)
   if not n then self.st.errors = self.st.errors + 1; return nil, err end
   if n == 0 then return nil, "unknown" end
   self.st.acked = self.st.acked + 1
+  return true
+end
+
+-- Waits until every ack queued with {wait = false} has been sent.
+function Queue:flush()
+  self_check("keel.redis.queue:flush", self)
+  while self.flusher or #self.acks > 0 do
+    if not self.flusher then self.flusher = sched.spawn(flush_acks, self) end
+    self.flushed:wait(nil, "keel.redis.queue:flush")
+  end
   return true
 end
 
@@ -453,6 +517,7 @@ end
 -- Closes the dedicated blocking connections (the shared client stays open).
 function Queue:close()
   self_check("keel.redis.queue:close", self)
+  self:flush()
   for _, c in ipairs(self.blockers) do c:close() end
   self.blockers = {}
   self.nblockers = 0
