@@ -125,6 +125,8 @@ int keel_registry_bind(keel_registry_t *r, const char *dev, size_t dlen, const c
         rc = 2;
     } else {
         d = keel_map_put(r->devs, dev, dlen, &inserted);
+        if (!d && keel_map_full(r->devs) && keel_map_expire(r->gws, UINT32_MAX) > 0)
+            d = keel_map_put(r->devs, dev, dlen, &inserted); /* dead gateways' devices made room */
         if (!d) {
             drop_if_empty(r, gs);
             if (keel_map_full(r->devs)) { r->full++; return KEEL_REGISTRY_FULL; }
