@@ -225,6 +225,70 @@ describe("keel.leases", function()
     end)
   end)
 
+  it("matches a plain Lua model over random operations", function()
+    sim(function()
+      local L = keel.leases { ttl_ms = 20, max = 8 }
+      local held, next_token = {}, 1
+      local function live(k) local h = held[k]; return h and keel.now() < h.exp and h or nil end
+      local function nlive() local n = 0; for k in pairs(held) do if live(k) then n = n + 1 end end; return n end
+      local r = 777
+      local function rnd(n) r = (r * 16807) % 2147483647; return r % n end
+      local tokens = {}
+      for step = 1, 8000 do
+        local k = "k" .. rnd(12)
+        local op = rnd(6)
+        local ctx = "step " .. step
+        if op == 0 then
+          local ttl = rnd(3) == 0 and 1 + rnd(40) or nil
+          local l, err = L:acquire(k, "o" .. step, ttl and { ttl_ms = ttl } or nil)
+          if live(k) then
+            assert.same({ nil, "held" }, { l, err }, ctx)
+          elseif nlive() >= 8 then
+            assert.same({ nil, "full" }, { l, err }, ctx)
+          else
+            assert.is_table(l, ctx)
+            assert.equal(next_token, l.token, ctx)
+            assert.equal(keel.now() + (ttl or 20), l.expires, ctx)
+            held[k] = { owner = "o" .. step, token = next_token, exp = l.expires }
+            tokens[#tokens + 1] = next_token
+            next_token = next_token + 1
+          end
+        else
+          local h = live(k)
+          -- a token that may be current, stale or never issued
+          local t = rnd(3) > 0 and h and h.token or (#tokens > 0 and tokens[rnd(#tokens) + 1] or 1)
+          local ok = h ~= nil and h.token == t
+          if op == 1 then
+            local ttl = rnd(2) == 0 and 1 + rnd(30) or nil
+            local a, b = L:renew(k, t, ttl)
+            if ok then
+              assert.is_true(a, ctx)
+              h.exp = keel.now() + (ttl or 20)
+              assert.equal(h.exp, b, ctx)
+            else
+              assert.same({ nil, "lost" }, { a, b }, ctx)
+            end
+          elseif op == 2 then
+            local a, b = L:release(k, t)
+            if ok then assert.is_true(a, ctx); held[k] = nil else assert.same({ nil, "lost" }, { a, b }, ctx) end
+          elseif op == 3 then
+            local owner, token, exp = L:holder(k)
+            if h then assert.same({ h.owner, h.token, h.exp }, { owner, token, exp }, ctx)
+            else assert.is_nil(owner, ctx) end
+          elseif op == 4 then
+            assert.equal(ok, L:valid(k, t), ctx)
+          else
+            assert.equal(nlive(), L:count(), ctx)
+          end
+        end
+        if rnd(3) == 0 then keel.sleep(rnd(6)) end
+      end
+      local st = L:stats()
+      assert.is_true(st.expirations > 50 and st.refused_full > 0 and st.lost > 50,
+        string.format("exercised expiry %d / full %d / lost %d", st.expirations, st.refused_full, st.lost))
+    end)
+  end)
+
   it("is deterministic under keel.sim", function()
     local function run()
       local out
