@@ -180,6 +180,41 @@ describe("keel.leases", function()
     end)
   end)
 
+  it("a waiter whose wait ends exactly at the expiry either gets the lease or times out, never leaks it", function()
+    sim(function()
+      local L = keel.leases { ttl_ms = 100 }
+      L:acquire("k", "old")
+      local l, err = L:acquire("k", "w", { wait_ms = 100 })
+      assert.equal(100, keel.now())
+      if l then
+        assert.equal("w", (L:holder("k")))
+        assert.is_true(l:valid())
+      else
+        assert.equal("timeout", err)
+        assert.is_nil(L:holder("k"))
+      end
+      keel.sleep(1)
+      assert.equal(0, L:stats().waiting)
+    end)
+  end)
+
+  it("waiters that give up on a key held forever do not pile up", function()
+    sim(function()
+      local L = keel.leases { ttl_ms = 30 }
+      local a = L:acquire("k", "holder")
+      keel.spawn(function()
+        for _ = 1, 200 do keel.sleep(10); a:renew() end
+      end)
+      for _ = 1, 150 do
+        assert.same({ nil, "timeout" }, { L:acquire("k", "w", { wait_ms = 7 }) })
+      end
+      local list = L.waiters.k -- white-box: dead records are compacted away
+      assert.is_true(list == nil or list.tail - list.head + 1 <= 40)
+      assert.equal(0, L:stats().waiting)
+      assert.equal("holder", (L:holder("k")))
+    end)
+  end)
+
   it("a cancelled waiter is skipped", function()
     sim(function()
       local L = keel.leases { ttl_ms = 1000 }
