@@ -1,0 +1,293 @@
+-- keel.redis.breaker: a circuit breaker shared by a fleet (opt-in). Outcomes
+-- from every process land in one time window in Redis; when the combined
+-- window crosses the threshold the breaker opens for everyone. After
+-- open_ms it is half-open and a probe lease (SET NX PX) lets exactly one
+-- process send the probe call; its outcome closes or re-opens it for all.
+-- If Redis cannot be reached, each process falls back to a local
+-- keel.breaker until Redis answers again.
+--
+--   local b = require("keel.redis.breaker").new{ redis = client, name = "payments" }
+--   local ok, err = b:call(fn, ...)      -- or b:allow() ... b:record(ok, ms)
+--
+-- Keys (one hash tag): {p}:w window buckets (hash), {p}:open (PX open_ms),
+-- {p}:half (set while not closed), {p}:probe (the probe lease).
+-- Outcomes are sent coalesced: at most one script in flight per breaker per
+-- process, carrying every outcome recorded meanwhile; each reply carries the
+-- fleet state, and allow() re-reads it when older than sync_ms.
+local check = require "keel.check"
+local metrics = require "keel.metrics"
+local sched = require "keel.sched"
+local redis = require "keel.redis"
+local common = require "keel.redis.common"
+local Ccore = require "keel.ffi.core"
+
+local type, error, tostring, pcall, xpcall = type, error, tostring, pcall, xpcall
+local traceback = debug.traceback
+
+-- state codes: 0 closed, 1 open, 2 half_open
+local STATE = [[
+local function state()
+  local p = redis.call('PTTL', KEYS[2])
+  if p > 0 then return {1, p} end
+  if redis.call('EXISTS', KEYS[3]) == 1 then return {2, 0} end
+  return {0, 0}
+end
+]]
+
+-- KEYS: w, open, half ; ARGV: calls, fails, window_ms, buckets, min_calls, rate, open_ms
+local RECORD = redis.script(STATE .. [[
+local s = state()
+if s[1] ~= 0 or tonumber(ARGV[1]) == 0 then return s end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local win, nb = tonumber(ARGV[3]), tonumber(ARGV[4])
+local b = math.floor(now / (win / nb))
+redis.call('HINCRBY', KEYS[1], 'c' .. b, ARGV[1])
+if tonumber(ARGV[2]) > 0 then redis.call('HINCRBY', KEYS[1], 'f' .. b, ARGV[2]) end
+redis.call('PEXPIRE', KEYS[1], math.ceil(win * 2))
+local all = redis.call('HGETALL', KEYS[1])
+local calls, fails = 0, 0
+for i = 1, #all, 2 do
+  local kind, bucket = string.sub(all[i], 1, 1), tonumber(string.sub(all[i], 2))
+  if bucket <= b - nb then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif kind == 'c' then calls = calls + tonumber(all[i + 1])
+  else fails = fails + tonumber(all[i + 1]) end
+end
+if calls >= tonumber(ARGV[5]) and fails * 100 >= tonumber(ARGV[6]) * calls then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[7])
+  redis.call('SET', KEYS[3], '1')
+  redis.call('DEL', KEYS[1])
+  return {1, tonumber(ARGV[7]), 1}
+end
+return {0, 0}
+]])
+
+-- KEYS: w, open, half, probe
+local READ = redis.script(STATE .. [[ return state() ]])
+
+-- ARGV: owner, probe_ttl_ms -> {state, pttl, got_probe}
+local PROBE = redis.script(STATE .. [[
+local s = state()
+if s[1] ~= 2 then return s end
+if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, 0, 1} end
+return {2, 0, 0}
+]])
+
+-- ARGV: owner, ok(1/0), open_ms: the probe's outcome, only from the lease holder
+local SETTLE = redis.script(STATE .. [[
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return state() end
+redis.call('DEL', KEYS[4])
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[1])
+  return {0, 0}
+end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+return {1, tonumber(ARGV[3])}
+]])
+
+local NAMES = { [0] = "closed", "open", "half_open" }
+
+local Breaker = {}
+Breaker.__index = Breaker
+
+local OPTS = check.set { "redis", "name", "prefix", "window_ms", "buckets", "min_calls", "failure_rate",
+  "slow_ms", "open_ms", "probe_ttl_ms", "sync_ms", "fallback_ms", "local_opts" }
+
+local M = {}
+
+local function self_check(fname, self) common.self(fname, self, Breaker) end
+
+function M.new(opts)
+  local F = "keel.redis.breaker"
+  opts = check.opts(F, opts, OPTS)
+  local prefix = common.prefix(F, opts, "breaker")
+  local base = "{" .. prefix .. "}"
+  local w = sched.world()
+  local self = setmetatable({
+    redis = common.client(F, opts.redis),
+    name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
+    keys = { base .. ":w", base .. ":open", base .. ":half", base .. ":probe" },
+    window_ms = check.number(F, "option 'window_ms'", opts.window_ms, 10000, 1, 1e12),
+    buckets = check.integer(F, "option 'buckets'", opts.buckets, 10, 1, 1000),
+    min_calls = check.integer(F, "option 'min_calls'", opts.min_calls, 20, 1, 2 ^ 31),
+    failure_rate = check.number(F, "option 'failure_rate'", opts.failure_rate, 50, 1e-9, 100),
+    slow_ms = check.number(F, "option 'slow_ms'", opts.slow_ms, math.huge, 0),
+    open_ms = math.ceil(check.number(F, "option 'open_ms'", opts.open_ms, 30000, 1, 1e12)),
+    probe_ttl_ms = math.ceil(check.number(F, "option 'probe_ttl_ms'", opts.probe_ttl_ms, 10000, 1, 1e12)),
+    sync_ms = check.number(F, "option 'sync_ms'", opts.sync_ms, 100, 0, 1e12),
+    fallback_ms = check.number(F, "option 'fallback_ms'", opts.fallback_ms, 1000, 0, 1e12),
+    owner = string.format("%08x%08x", tonumber(Ccore.keel_rand_next(w.rand) % 0x100000000),
+      tonumber(Ccore.keel_rand_next(w.rand) % 0x100000000)),
+    st = 0, fresh_until = -math.huge, refreshing = false,
+    pc = 0, pf = 0, flusher = nil,
+    probing = false, fallback_until = -math.huge, last_error = nil,
+    callbacks = {},
+    s = { allowed = 0, rejected = 0, calls = 0, failures = 0, probes = 0, opened = 0, redis_errors = 0,
+          fallback_allowed = 0 },
+  }, Breaker)
+  local lo = opts.local_opts
+  if lo ~= nil and type(lo) ~= "table" then
+    error(F .. ": option 'local_opts' must be a table of keel.breaker options (got " .. tostring(lo) .. ")", 2)
+  end
+  lo = lo or { window = "count", size = 100, min_calls = self.min_calls, failure_rate = self.failure_rate,
+               open_ms = self.open_ms }
+  self.fallback = require("keel.breaker")(lo)
+  metrics.register("breaker", self.name, self)
+  return self
+end
+
+local function set_state(self, code, pttl)
+  local from = self.st
+  self.st = code
+  local now = sched.now()
+  local ttl = self.sync_ms
+  if code == 1 and pttl and pttl > 0 and pttl < ttl then ttl = pttl end
+  self.fresh_until = now + ttl
+  if from ~= code then
+    if code == 1 then self.s.opened = self.s.opened + 1 end
+    for _, fn in ipairs(self.callbacks) do
+      local ok, err = xpcall(fn, traceback, NAMES[from], NAMES[code])
+      if not ok then sched.report("keel.redis.breaker: on_state callback failed: " .. tostring(err)) end
+    end
+  end
+end
+
+local function redis_failed(self, err)
+  self.s.redis_errors = self.s.redis_errors + 1
+  self.last_error = err
+  self.fallback_until = sched.now() + self.fallback_ms
+end
+
+local function in_fallback(self) return sched.now() < self.fallback_until end
+
+local function run(self, script, ...)
+  local r, err = self.redis:eval(script, 4, self.keys[1], self.keys[2], self.keys[3], self.keys[4], ...)
+  if not r then redis_failed(self, err); return nil end
+  set_state(self, r[1], r[2])
+  return r
+end
+
+local function flush(self)
+  while self.pc > 0 do
+    local calls, fails = self.pc, self.pf
+    self.pc, self.pf = 0, 0
+    run(self, RECORD, calls, fails, self.window_ms, self.buckets, self.min_calls, self.failure_rate, self.open_ms)
+  end
+  self.flusher = nil
+end
+
+-- allow() -> true | nil, "open"
+function Breaker:allow()
+  self_check("breaker:allow", self)
+  if in_fallback(self) then
+    local ok, err = self.fallback:allow()
+    if ok then self.s.fallback_allowed = self.s.fallback_allowed + 1; return true, "fallback" end
+    self.s.rejected = self.s.rejected + 1
+    return nil, err
+  end
+  local now = sched.now()
+  if now >= self.fresh_until and not self.refreshing then
+    self.refreshing = true
+    local ok, e = pcall(run, self, READ)
+    self.refreshing = false
+    if not ok then error(e, 0) end -- cancelled
+    if in_fallback(self) then return self:allow() end
+  end
+  local st = self.st
+  if st == 0 then
+    self.s.allowed = self.s.allowed + 1
+    return true
+  end
+  if st == 2 and not self.probing then
+    self.probing = true
+    local ok, r = pcall(run, self, PROBE, self.owner, self.probe_ttl_ms)
+    if not ok then self.probing = false; error(r, 0) end
+    if r and r[3] == 1 then
+      self.s.probes = self.s.probes + 1
+      self.s.allowed = self.s.allowed + 1
+      return true, "probe"
+    end
+    self.probing = false
+    if not r then return self:allow() end
+  end
+  self.s.rejected = self.s.rejected + 1
+  return nil, "open"
+end
+
+-- record(ok [, duration_ms], [permit]): permit is allow()'s second value
+-- ("probe" or "fallback"), so the outcome goes where the permit came from.
+function Breaker:record(ok, duration_ms, permit)
+  self_check("breaker:record", self)
+  if duration_ms ~= nil then check.number("breaker:record", "argument 'duration_ms'", duration_ms) end
+  local failed = not ok or (duration_ms ~= nil and duration_ms >= self.slow_ms)
+  self.s.calls = self.s.calls + 1
+  if failed then self.s.failures = self.s.failures + 1 end
+  if permit == "fallback" then
+    self.fallback:record(not failed, duration_ms)
+    return
+  end
+  if permit == "probe" then
+    self.probing = false
+    run(self, SETTLE, self.owner, failed and "0" or "1", self.open_ms)
+    return
+  end
+  self.pc = self.pc + 1
+  if failed then self.pf = self.pf + 1 end
+  if not self.flusher then self.flusher = sched.spawn(flush, self) end
+end
+
+-- call(fn, ...) -> fn's results | nil, "open"; an error in fn is recorded
+-- as a failure and re-raised.
+function Breaker:call(fn, ...)
+  self_check("breaker:call", self)
+  check.func("breaker:call", "argument 'fn'", fn)
+  local ok, permit = self:allow()
+  if not ok then return nil, permit end
+  local t0 = sched.now()
+  local function finish(success, ...)
+    local err = ...
+    if not success and err == sched.CANCELLED then
+      if permit == "probe" then self.probing = false end
+      error(err, 0)
+    end
+    self:record(success, sched.now() - t0, permit)
+    if not success then error(err, 0) end
+    return ...
+  end
+  return finish(pcall(fn, ...))
+end
+
+-- state() -> "closed" | "open" | "half_open" (the fleet's, as last seen;
+-- the local breaker's while Redis is unreachable)
+function Breaker:state()
+  self_check("breaker:state", self)
+  if in_fallback(self) then return self.fallback:state() end
+  return NAMES[self.st]
+end
+
+-- Re-reads the fleet state now.
+function Breaker:refresh()
+  self_check("breaker:refresh", self)
+  if not run(self, READ) then return nil, self.last_error end
+  return NAMES[self.st]
+end
+
+function Breaker:on_state(fn)
+  self_check("breaker:on_state", self)
+  check.func("breaker:on_state", "argument 'fn'", fn)
+  self.callbacks[#self.callbacks + 1] = fn
+  return self
+end
+
+function Breaker:stats()
+  self_check("breaker:stats", self)
+  local s = { state = self:state(), fallback = in_fallback(self) }
+  for k, v in pairs(self.s) do s[k] = v end
+  return s
+end
+
+function Breaker:__tostring() return "keel.redis.breaker(" .. self.keys[1] .. ", " .. NAMES[self.st] .. ")" end
+
+M.Breaker = Breaker
+return M
