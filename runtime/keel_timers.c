@@ -1,16 +1,19 @@
 #include "keel_timers.h"
 #include <stdlib.h>
 
+/* A 4-ary heap whose entries carry their own deadline and sequence number:
+ * sifting compares neighbouring memory instead of chasing ids, which matters
+ * at a million armed timers. pos[id] tracks each id's place for cancel. */
 typedef struct {
     double deadline;
     uint64_t seq;
-    int32_t pos; /* index in heap, or -1 when free */
-    int32_t next_free;
-} slot_t;
+    int32_t id;
+} entry_t;
 
 struct keel_timers {
-    int32_t *heap;
-    slot_t *slots;
+    entry_t *heap;
+    int32_t *pos;       /* id -> heap index, or -1 when free */
+    int32_t *next_free; /* free list of ids */
     int32_t count, cap, free_head;
     uint64_t seq;
 };
@@ -24,57 +27,63 @@ keel_timers_t *keel_timers_new(void) {
 void keel_timers_free(keel_timers_t *t) {
     if (!t) return;
     free(t->heap);
-    free(t->slots);
+    free(t->pos);
+    free(t->next_free);
     free(t);
 }
 
-static int earlier(const keel_timers_t *t, int32_t a, int32_t b) {
-    const slot_t *x = &t->slots[a], *y = &t->slots[b];
-    return x->deadline < y->deadline || (x->deadline == y->deadline && x->seq < y->seq);
+static inline int earlier(const entry_t *a, const entry_t *b) {
+    return a->deadline < b->deadline || (a->deadline == b->deadline && a->seq < b->seq);
 }
 
-static void place(keel_timers_t *t, int32_t pos, int32_t id) {
-    t->heap[pos] = id;
-    t->slots[id].pos = pos;
+static inline void place(keel_timers_t *t, int32_t i, entry_t e) {
+    t->heap[i] = e;
+    t->pos[e.id] = i;
 }
 
-static void sift_up(keel_timers_t *t, int32_t pos) {
-    int32_t id = t->heap[pos];
-    while (pos > 0) {
-        int32_t parent = (pos - 1) / 2;
-        if (!earlier(t, id, t->heap[parent])) break;
-        place(t, pos, t->heap[parent]);
-        pos = parent;
+static void sift_up(keel_timers_t *t, int32_t i) {
+    entry_t e = t->heap[i];
+    while (i > 0) {
+        int32_t parent = (i - 1) / 4;
+        if (!earlier(&e, &t->heap[parent])) break;
+        place(t, i, t->heap[parent]);
+        i = parent;
     }
-    place(t, pos, id);
+    place(t, i, e);
 }
 
-static void sift_down(keel_timers_t *t, int32_t pos) {
-    int32_t id = t->heap[pos];
+static void sift_down(keel_timers_t *t, int32_t i) {
+    entry_t e = t->heap[i];
     for (;;) {
-        int32_t child = 2 * pos + 1;
-        if (child >= t->count) break;
-        if (child + 1 < t->count && earlier(t, t->heap[child + 1], t->heap[child])) child++;
-        if (!earlier(t, t->heap[child], id)) break;
-        place(t, pos, t->heap[child]);
-        pos = child;
+        int32_t first = 4 * i + 1;
+        if (first >= t->count) break;
+        int32_t last = first + 4 < t->count ? first + 4 : t->count;
+        int32_t best = first;
+        for (int32_t c = first + 1; c < last; c++)
+            if (earlier(&t->heap[c], &t->heap[best])) best = c;
+        if (!earlier(&t->heap[best], &e)) break;
+        place(t, i, t->heap[best]);
+        i = best;
     }
-    place(t, pos, id);
+    place(t, i, e);
 }
 
 static int grow(keel_timers_t *t) {
+    if (t->cap > INT32_MAX / 2) return -1;
     int32_t ncap = t->cap ? t->cap * 2 : 64;
-    if (ncap < t->cap) return -1;
-    int32_t *heap = realloc(t->heap, (size_t)ncap * sizeof *heap);
+    entry_t *heap = realloc(t->heap, (size_t)ncap * sizeof *heap);
     if (!heap) return -1;
     t->heap = heap;
-    slot_t *slots = realloc(t->slots, (size_t)ncap * sizeof *slots);
-    if (!slots) return -1;
-    t->slots = slots;
-    for (int32_t i = ncap - 1; i >= t->cap; i--) {
-        slots[i].pos = -1;
-        slots[i].next_free = t->free_head;
-        t->free_head = i;
+    int32_t *pos = realloc(t->pos, (size_t)ncap * sizeof *pos);
+    if (!pos) return -1;
+    t->pos = pos;
+    int32_t *nf = realloc(t->next_free, (size_t)ncap * sizeof *nf);
+    if (!nf) return -1;
+    t->next_free = nf;
+    for (int32_t id = ncap - 1; id >= t->cap; id--) {
+        pos[id] = -1;
+        nf[id] = t->free_head;
+        t->free_head = id;
     }
     t->cap = ncap;
     return 0;
@@ -83,43 +92,43 @@ static int grow(keel_timers_t *t) {
 int32_t keel_timers_add(keel_timers_t *t, double deadline_ms) {
     if (t->free_head < 0 && grow(t) != 0) return -1;
     int32_t id = t->free_head;
-    slot_t *s = &t->slots[id];
-    t->free_head = s->next_free;
-    s->deadline = deadline_ms;
-    s->seq = t->seq++;
-    place(t, t->count++, id);
+    t->free_head = t->next_free[id];
+    entry_t e = { deadline_ms, t->seq++, id };
+    place(t, t->count++, e);
     sift_up(t, t->count - 1);
     return id;
 }
 
-static void remove_at(keel_timers_t *t, int32_t pos) {
-    int32_t id = t->heap[pos];
-    t->slots[id].pos = -1;
-    t->slots[id].next_free = t->free_head;
+static void release_id(keel_timers_t *t, int32_t id) {
+    t->pos[id] = -1;
+    t->next_free[id] = t->free_head;
     t->free_head = id;
+}
+
+static void remove_at(keel_timers_t *t, int32_t i) {
+    release_id(t, t->heap[i].id);
     t->count--;
-    if (pos == t->count) return;
-    place(t, pos, t->heap[t->count]);
-    if (pos > 0 && earlier(t, t->heap[pos], t->heap[(pos - 1) / 2])) sift_up(t, pos);
-    else sift_down(t, pos);
+    if (i == t->count) return;
+    place(t, i, t->heap[t->count]);
+    if (i > 0 && earlier(&t->heap[i], &t->heap[(i - 1) / 4])) sift_up(t, i);
+    else sift_down(t, i);
 }
 
 int keel_timers_cancel(keel_timers_t *t, int32_t id) {
-    if (id < 0 || id >= t->cap || t->slots[id].pos < 0) return -1;
-    remove_at(t, t->slots[id].pos);
+    if (id < 0 || id >= t->cap || t->pos[id] < 0) return -1;
+    remove_at(t, t->pos[id]);
     return 0;
 }
 
 int32_t keel_timers_pop_expired(keel_timers_t *t, double now_ms) {
-    if (t->count == 0) return -1;
-    int32_t id = t->heap[0];
-    if (t->slots[id].deadline > now_ms) return -1;
+    if (t->count == 0 || t->heap[0].deadline > now_ms) return -1;
+    int32_t id = t->heap[0].id;
     remove_at(t, 0);
     return id;
 }
 
 double keel_timers_next(const keel_timers_t *t) {
-    return t->count ? t->slots[t->heap[0]].deadline : -1.0;
+    return t->count ? t->heap[0].deadline : -1.0;
 }
 
 int32_t keel_timers_count(const keel_timers_t *t) { return t->count; }

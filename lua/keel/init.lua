@@ -126,8 +126,8 @@ function keel.all(fns)
   end
   local out = {}
   for i = 1, n do
-    local res = tasks[i].res
-    out[i] = res and res[1]
+    local _, first_result = sched.results(tasks[i])
+    out[i] = first_result
   end
   return unpack(out, 1, n)
 end
@@ -154,12 +154,11 @@ function keel.any(fns)
   end)
   for i = 1, n do if tasks[i] ~= first then tasks[i]:cancel() end end
   if not ok then error(err, 0) end
-  if first.state == "done" then
-    local res = first.res
-    if res then return unpack(res, 1, res.n) end
-    return
+  local function unwrap(ok, ...)
+    if ok then return ... end
+    error((...), 0)
   end
-  error(first.err, 0)
+  return unwrap(sched.results(first))
 end
 
 function keel.random(m, n)

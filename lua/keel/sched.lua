@@ -330,14 +330,18 @@ local function run_defers(task)
   end
 end
 
+local ONE = {}
+-- Results: none, one (kept in r1, no table: the common case stays
+-- allocation-free) or several (packed in res).
 local function finish(task, ok, ...)
   local w = task.world
-  run_defers(task)
+  if task.defers then run_defers(task) end
   w.alive = w.alive - 1
   if ok then
     task.state = "done"
     local n = select("#", ...)
-    if n > 0 then task.res = { n = n, ... } end
+    if n == 1 then task.res, task.r1 = ONE, ...
+    elseif n > 1 then task.res = { n = n, ... } end
   else
     local err = ...
     if err == CANCELLED then
@@ -355,7 +359,6 @@ local function finish(task, ok, ...)
   if watchers then
     for i = 1, #watchers do watchers[i](task) end
   end
-  if task == w.main then w.main_done = true end
 end
 
 local function body(task)
@@ -363,10 +366,12 @@ local function body(task)
     local args = task.args
     if task.cancelled then
       finish(task, false, CANCELLED) -- cancelled before it ever ran
-    elseif args then
+    elseif args == nil then
+      finish(task, xpcall(task.fn, on_error))
+    elseif args ~= true then
       finish(task, xpcall(task.fn, on_error, unpack(args, 1, args.n)))
     else
-      finish(task, xpcall(task.fn, on_error))
+      finish(task, xpcall(task.fn, on_error, task.a1))
     end
     task = yield(DONE)
   end
@@ -415,7 +420,11 @@ end
 
 local function spawn_in(w, fn, n, ...)
   local task = setmetatable({ fn = fn, world = w, gen = 0, state = "running" }, Task)
-  if n > 0 then task.args = { n = n, ... } end
+  if n == 1 then
+    task.args, task.a1 = true, ... -- one argument: no table
+  elseif n > 1 then
+    task.args = { n = n, ... }
+  end
   w.alive = w.alive + 1
   push_ready(w, task)
   return task
@@ -446,9 +455,25 @@ function Task:status()
   return self.state
 end
 
+local function results(task)
+  local state = task.state
+  if state == "done" then
+    local res = task.res
+    if res == ONE then return true, task.r1 end
+    if res then return true, unpack(res, 1, res.n) end
+    return true
+  end
+  return false, task.err
+end
+sched.results = results
+
 function Task:join(timeout)
   if not is_task(self) then error("task:join: call it as a method (task:join())", 2) end
   self.observed = true
+  local state = self.state
+  if (state == "done" or state == "failed" or state == "cancelled") and timeout == nil then
+    return results(self) -- nothing to wait for
+  end
   local me = need_task("task:join", 2)
   if me == self then error("task:join: a task cannot join itself", 2) end
   timeout = check_timeout("task:join", timeout)
@@ -462,12 +487,7 @@ function Task:join(timeout)
       return false, "timeout"
     end
   end
-  if self.state == "done" then
-    local res = self.res
-    if res then return true, unpack(res, 1, res.n) end
-    return true
-  end
-  return false, self.err
+  return results(self)
 end
 
 function Task:cancel()
