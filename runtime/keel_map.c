@@ -12,6 +12,10 @@
  * mark of second-chance eviction; the low 31 bits are the hash. */
 #define REF 0x80000000u
 #define HASH_BITS 0x7fffffffu
+/* Up to this many entries a hit moves the entry to the new end (exact LRU):
+ * the list is cache-resident, so it costs nothing. Beyond it, a hit only
+ * marks the entry and eviction gives marked entries a second chance. */
+#define EXACT_LRU_MAX 8192
 
 /* 48 bytes; slot links are 32-bit indices rather than pointers to keep the
  * per-entry overhead well under a cache line. */
@@ -279,14 +283,18 @@ static uint32_t find_live(keel_map_t *m, const char *key, size_t len) {
     return s;
 }
 
-/* A hit only marks the entry (its header is already in cache); moving it to
- * the MRU end would touch both neighbours, two more cache misses on a big
- * map. Eviction gives marked entries a second chance instead. */
+/* On a big map a hit only marks the entry (its header is already in
+ * cache): moving it would touch both list neighbours, two more cache misses. */
+static inline void used(keel_map_t *m, uint32_t s, hdr_t *h) {
+    if (m->count <= EXACT_LRU_MAX) lru_touch(m, s, h);
+    else h->hash |= REF;
+}
+
 void *keel_map_get(keel_map_t *m, const char *key, size_t len) {
     uint32_t s = find_live(m, key, len);
     if (s == NIL) return NULL;
     hdr_t *h = hdr(m, s);
-    h->hash |= REF;
+    used(m, s, h);
     return val(h);
 }
 
@@ -325,7 +333,7 @@ void *keel_map_put(keel_map_t *m, const char *key, size_t len, int *inserted) {
     if (s != NIL) {
         hdr_t *h = hdr(m, s);
         if (!is_dead(m, h)) {
-            h->hash |= REF;
+            used(m, s, h);
             m->last = s;
             return val(h);
         }

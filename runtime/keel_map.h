@@ -22,13 +22,12 @@
  * with KEEL_MAP_EVICT it evicts the least recently used entry, and without
  * it returns NULL (the map is full; keel_map_full() tells it from OOM).
  *
- * "Least recently used" is second-chance (CLOCK) LRU: entries sit in a list
- * in insertion order; get/put on an existing entry only marks it; eviction
- * takes the oldest entry, but a marked one is unmarked and moved to the new
- * end instead (a second chance). An entry used since it last reached the
- * cold end is therefore never evicted before one that was not: the victim is
- * exact LRU whenever every entry was used at most once per pass, and close
- * to it otherwise, at no extra memory traffic on a hit. */
+ * "Least recently used" is exact while the map holds up to 8192 entries (a
+ * hit moves the entry to the new end of the list). Beyond that it is
+ * second-chance (CLOCK) LRU, so that a hit touches only its own entry: a hit
+ * just marks the entry; eviction takes the oldest entry but gives a marked
+ * one a second chance (unmark, move to the new end). An entry used since it
+ * last reached the cold end is never evicted before one that was not. */
 
 typedef struct keel_map keel_map_t;
 
@@ -52,7 +51,7 @@ keel_map_t *keel_map_new(uint32_t max_entries, uint32_t value_size, uint32_t fla
 void keel_map_free(keel_map_t *m);
 void keel_map_on_remove(keel_map_t *m, keel_map_hook fn, void *ud);
 
-/* Live entry's value, marked as used; NULL when absent or expired. */
+/* Live entry's value, marked as used (see LRU above); NULL when absent or expired. */
 void *keel_map_get(keel_map_t *m, const char *key, size_t len);
 /* Same without touching LRU order. */
 void *keel_map_peek(keel_map_t *m, const char *key, size_t len);

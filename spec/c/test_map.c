@@ -221,6 +221,39 @@ static int lru_order(void) {
     return 0;
 }
 
+/* Small maps: exact LRU, a hit before a later insert does not protect. Big
+ * maps: second chance, a hit since the last pass does. */
+static int lru_modes(void) {
+    keel_map_t *m = keel_map_new(2, 0, KEEL_MAP_EVICT, NULL, 9);
+    CHECK(keel_map_put(m, "a", 1, NULL) && keel_map_put(m, "a", 1, NULL));
+    CHECK(keel_map_put(m, "b", 1, NULL) && keel_map_put(m, "c", 1, NULL));
+    CHECK(keel_map_peek(m, "a", 1) == NULL && keel_map_peek(m, "b", 1) && keel_map_peek(m, "c", 1));
+    keel_map_free(m);
+    uint32_t n = 20000;
+    m = keel_map_new(n, 0, KEEL_MAP_EVICT, NULL, 9);
+    char key[16];
+    for (uint32_t i = 0; i < n; i++) {
+        int l = snprintf(key, sizeof key, "%u", i);
+        CHECK(keel_map_put(m, key, (size_t)l, NULL));
+    }
+    for (uint32_t i = 0; i < n; i += 3) { /* mark every third */
+        int l = snprintf(key, sizeof key, "%u", i);
+        CHECK(keel_map_get(m, key, (size_t)l));
+    }
+    for (uint32_t i = 0; i < n / 2; i++) { /* evict n/2: all unmarked go before any marked */
+        int l = snprintf(key, sizeof key, "new%u", i);
+        CHECK(keel_map_put(m, key, (size_t)l, NULL));
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        int l = snprintf(key, sizeof key, "%u", i);
+        if (i % 3 == 0) CHECK(keel_map_peek(m, key, (size_t)l) != NULL);
+    }
+    CHECK(keel_map_count(m) == n && keel_map_evictions(m) == n / 2);
+    keel_map_free(m);
+    printf("ok lru_modes\n");
+    return 0;
+}
+
 static int big(void) {
     keel_clock_t clock;
     keel_clock_init(&clock, 1, 0);
@@ -246,7 +279,7 @@ static int big(void) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
-    if (basics() || full_no_evict() || lru_order() || big()) return 1;
+    if (basics() || full_no_evict() || lru_order() || lru_modes() || big()) return 1;
     if (randomized(1, 50) || randomized(2, 300) || randomized(3, 7) || randomized(4, 1)) return 1;
     printf("ok all %d checks\n", checks);
     return 0;
