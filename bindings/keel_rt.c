@@ -49,6 +49,23 @@ struct keel_runtime {
 
 static const char RT_KEY = 'k';
 
+/* Lua C-API modules compiled into the runtime, made available to require. */
+int luaopen_keel_redis_core(lua_State *L);
+static const luaL_Reg builtin_modules[] = {
+    { "keel.redis.core", luaopen_keel_redis_core },
+    { NULL, NULL },
+};
+
+static void register_builtins(lua_State *L) {
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    for (const luaL_Reg *m = builtin_modules; m->name; m++) {
+        lua_pushcfunction(L, m->func);
+        lua_setfield(L, -2, m->name);
+    }
+    lua_pop(L, 2);
+}
+
 const char *keel_version(void) { return "0.1.0"; }
 
 static void set_error(keel_runtime *rt, const char *msg) {
@@ -320,6 +337,7 @@ keel_runtime *keel_new(const keel_options *opts) {
         return NULL;
     }
     setup_paths(rt, root);
+    register_builtins(L);
 
     lua_getglobal(L, "require");
     lua_pushliteral(L, "keel.boot");
