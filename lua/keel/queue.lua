@@ -11,8 +11,8 @@ local sched = require "keel.sched"
 local check = require "keel.check"
 local metrics = require "keel.metrics"
 
-local type, error, getmetatable, setmetatable, tostring, pcall =
-  type, error, getmetatable, setmetatable, tostring, pcall
+local type, error, getmetatable, setmetatable, tostring, pcall, next =
+  type, error, getmetatable, setmetatable, tostring, pcall, next
 local floor, huge, max = math.floor, math.huge, math.max
 
 local Queue = {}
@@ -194,6 +194,16 @@ end
 
 -- Public API -----------------------------------------------------------------
 
+-- True when every key of opts is in known (no allocation, JIT-compiled).
+local function known_keys(opts, known)
+  local k = next(opts)
+  while k ~= nil do
+    if not known[k] then return false end
+    k = next(opts, k)
+  end
+  return true
+end
+
 local function check_msg(fname, msg)
   if type(msg) ~= "table" or type(msg.id) ~= "number" or type(msg.attempt) ~= "number" then
     error(string.format("%s: argument 'msg' must be a message returned by pop (got %s)", fname, tostring(msg)), 3)
@@ -208,13 +218,23 @@ function Queue:push(item, opts)
   check.self("keel.queue:push", self, Queue)
   if item == nil then error("keel.queue:push: argument 'item' must not be nil", 2) end
   if opts == nil then return push(self, item, 0, 0, nil) end
-  local F = "keel.queue:push"
-  check.opts(F, opts, PUSH_OPTS)
-  local delay = check.number(F, "option 'delay_ms'", opts.delay_ms, 0, 0)
+  local delay, priority, key
+  if type(opts) == "table" and known_keys(opts, PUSH_OPTS) then
+    delay, priority, key = opts.delay_ms, opts.priority, opts.dedup_key
+    if delay == nil then delay = 0 end
+    if priority == nil then priority = 0 end
+  end
+  -- anything unusual (or wrong) takes the full checks, which raise
+  if not (type(delay) == "number" and delay >= 0 and type(priority) == "number" and priority == priority
+          and (key == nil or type(key) == "string")) then
+    local F = "keel.queue:push"
+    check.opts(F, opts, PUSH_OPTS)
+    delay = check.number(F, "option 'delay_ms'", opts.delay_ms, 0, 0)
+    priority = check.number(F, "option 'priority'", opts.priority, 0)
+    key = opts.dedup_key
+    if key ~= nil then key = check.key(F, "option 'dedup_key'", key) end
+  end
   if delay > MAX_MS then delay = MAX_MS end
-  local priority = check.number(F, "option 'priority'", opts.priority, 0)
-  local key = opts.dedup_key
-  if key ~= nil then key = check.key(F, "option 'dedup_key'", key) end
   return push(self, item, priority, delay, key)
 end
 
@@ -222,8 +242,14 @@ function Queue:pop(opts)
   check.self("keel.queue:pop", self, Queue)
   local wait_ms = 0
   if opts ~= nil then
-    check.opts("keel.queue:pop", opts, POP_OPTS)
-    wait_ms = check.number("keel.queue:pop", "option 'wait_ms'", opts.wait_ms, 0, 0)
+    -- fast path for the usual {wait_ms = n}; anything else gets the full check
+    local w = type(opts) == "table" and opts.wait_ms
+    if type(w) == "number" and w >= 0 and known_keys(opts, POP_OPTS) then
+      wait_ms = w
+    else
+      check.opts("keel.queue:pop", opts, POP_OPTS)
+      wait_ms = check.number("keel.queue:pop", "option 'wait_ms'", opts.wait_ms, 0, 0)
+    end
   end
   if self.clock.now_ms >= self.timer_at then self:_service() end
   local id = C.keel_queue_pop(self.q, 0)
