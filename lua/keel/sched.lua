@@ -638,6 +638,9 @@ function sched.tick(w)
     if w.virtual and w.nready == 0 and w.pending == 0 and not w.exit_code then
       local nxt = C.keel_timers_next(timers)
       if nxt < 0 then break end
+      -- Only unref'd timers left and no task alive: the world is done; jumping
+      -- on would tick an unref'd keel.every forever.
+      if w.alive == 0 and C.keel_timers_count(timers) - w.unrefd <= 0 then break end
       C.keel_clock_advance_to(clock, nxt)
       fire_expired(w)
       budget = budget - 1
@@ -679,11 +682,7 @@ function sched.run_nested(w, fn, ...)
       error("keel.sim: a task waits on real I/O inside a simulated world", 0)
     end
   end
-  if main.state == "done" then
-    local res = main.res
-    if res then return unpack(res, 1, res.n) end
-    return
-  end
+  if main.state == "done" then return select(2, results(main)) end
   error(main.err, 0)
 end
 
