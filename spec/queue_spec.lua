@@ -1,4 +1,5 @@
 local keel = require "keel"
+local ctest = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec") .. "/c/ctest.lua")
 
 local function sim(fn, seed) return keel.sim({ seed = seed or 1 }, fn) end
 
@@ -659,6 +660,14 @@ describe("keel.queue", function()
         assert.is_true(q:extend(m, math.huge))
         assert.is_true(q:ack(m))
       end)
+    end)
+  end)
+
+  describe("C core", function()
+    it("matches a brute-force model over random operation sequences", function()
+      local ok, out = ctest.run("queue_test")
+      assert.is_true(ok, out)
+      assert.matches("queue_test: ok", out)
     end)
   end)
 
