@@ -672,7 +672,12 @@ function sched.run_nested(w, fn, ...)
   main.observed = true
   while true do
     local state = sched.tick(w)
-    if state == sched.DONE or state == sched.EXIT then break end
+    if state == sched.DONE then break end
+    if state == sched.EXIT then
+      -- keel.exit inside a simulation cannot end the process from here, and
+      -- the main task never finished: say so rather than raise nothing.
+      error(string.format("keel.sim: keel.exit(%d) called inside the simulated world", w.exit_code), 0)
+    end
     if state == sched.STUCK then
       local n = w.alive
       -- Cancel the stranded tasks so their cleanup runs before we give up.
