@@ -1,5 +1,6 @@
 /* Randomised model test for runtime/keel_queue.c: every operation is mirrored
- * on a brute-force array model and the results compared. Build and run:
+ * on a brute-force array model and the results compared. spec/queue_spec.lua
+ * runs it (via spec/c/ctest.lua); by hand:
  *   cc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -fsanitize=address,undefined \
  *      -Iruntime spec/c/queue_test.c runtime/keel_queue.c runtime/keel_rand.c \
  *      runtime/keel_clock.c -lm -o /tmp/queue_test && /tmp/queue_test
@@ -79,7 +80,8 @@ static void basic(void) {
     CHECK(keel_queue_new(&c, 1, 10, 0) == NULL);
     CHECK(keel_queue_new(NULL, 1, 10, 1) == NULL);
     keel_queue_t *q = keel_queue_new(&c, 3, 100, 2);
-    CHECK(q && keel_queue_span(q) == 4.0);
+    if (!q) { failures++; fprintf(stderr, "keel_queue_new failed\n"); return; }
+    CHECK(keel_queue_span(q) == 4.0);
     double a = keel_queue_push(q, 0, 0), b = keel_queue_push(q, 5, 0), d = keel_queue_push(q, 0, 10);
     CHECK(a > 0 && b > 0 && d > 0);
     CHECK(keel_queue_push(q, 0, 0) == KEEL_QUEUE_FULL);
@@ -131,6 +133,7 @@ static void randomised(uint64_t seed) {
     keel_rand_seed(&r, seed);
     int max_attempts = (int)keel_rand_range(&r, 1, 4);
     keel_queue_t *q = keel_queue_new(&c, CAP, 50, max_attempts);
+    if (!q) { failures++; fprintf(stderr, "keel_queue_new failed\n"); return; }
     nmodel = 0;
     double ids[CAP + 1];
     for (int step = 0; step < 20000; step++) {
