@@ -198,7 +198,8 @@ static uint32_t lookup(keel_map_t *m, const char *key, size_t len, uint32_t hv) 
     uint32_t s = m->buckets[hv & (m->nbuckets - 1)];
     while (s != NIL) {
         hdr_t *h = hdr(m, s);
-        if ((h->hash & HASH_BITS) == hv && h->keylen == len && memcmp(keyp(h), key, len) == 0) return s;
+        if ((h->hash & HASH_BITS) == hv && h->keylen == len && (len == 0 || memcmp(keyp(h), key, len) == 0))
+            return s;
         s = h->chain;
     }
     return NIL;
@@ -351,7 +352,8 @@ void *keel_map_put(keel_map_t *m, const char *key, size_t len, int *inserted) {
         }
         remove_slot(m, m->tail, KEEL_MAP_EVICTED);
     }
-    if (m->count >= m->nbuckets && m->nbuckets < m->max && rehash(m, m->nbuckets * 2)) return NULL;
+    int grow = m->count >= m->nbuckets && m->nbuckets < m->max && m->nbuckets < (1u << 31);
+    if (grow && rehash(m, m->nbuckets * 2)) return NULL;
     char *out = NULL;
     if (len > INLINE_KEY) {
         out = malloc(len);
