@@ -1,4 +1,5 @@
 local keel = require "keel"
+local proc = require "keelproc"
 local ctest = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec") .. "/c/ctest.lua")
 
 local function sim(fn, seed) return keel.sim({ seed = seed or 1 }, fn) end
@@ -660,6 +661,41 @@ describe("keel.queue", function()
         assert.is_true(q:extend(m, math.huge))
         assert.is_true(q:ack(m))
       end)
+    end)
+  end)
+
+  describe("real time", function()
+    it("redelivers after the visibility timeout on the real clock", function()
+      local q = keel.queue { visibility_ms = 20 }
+      q:push("r")
+      local first = q:pop()
+      local m = q:pop { wait_ms = 5000 }
+      assert.same({ "r", 2 }, { m.item, m.attempt })
+      assert.same({ nil, "unknown" }, { q:ack(first) })
+      assert.is_true(q:ack(m))
+    end)
+
+    it("a program with deliveries in flight still exits when its tasks are done", function()
+      local code, out = proc.run({ "-e", [[
+        local keel = require "keel"
+        local q = keel.queue { visibility_ms = 1e7 }
+        q:push(1, { delay_ms = 1e7 }); q:push(2)
+        q:pop()
+        print("end")
+      ]] }, { prefix = "timeout 20" })
+      assert.same({ 0, "end\n" }, { code, out })
+    end)
+
+    it("a popper waiting for a redelivery keeps the program alive until it comes", function()
+      local code, out = proc.run({ "-e", [[
+        local keel = require "keel"
+        local q = keel.queue { visibility_ms = 30 }
+        q:push("x")
+        q:pop()
+        local m = q:pop { wait_ms = math.huge }
+        print(m.item, m.attempt)
+      ]] }, { prefix = "timeout 20" })
+      assert.same({ 0, "x\t2\n" }, { code, out })
     end)
   end)
 
