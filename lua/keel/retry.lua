@@ -10,7 +10,7 @@ local new_backoff = require "keel.backoff"
 local FNAME = "keel.retry"
 local OPTS = check.set { "backoff", "retry_on", "retry_on_nil", "budget", "attempts" }
 local select, pcall, type, error = select, pcall, type, error
-local unpack = unpack or table.unpack
+local unpack = unpack
 
 local default_backoff
 
