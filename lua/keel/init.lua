@@ -46,14 +46,14 @@ function keel.defer(fn) return sched.defer(fn, "keel.defer") end
 function keel.after(ms, fn)
   check.number("keel.after", "argument 'ms'", ms, nil, 0)
   check.func("keel.after", "argument 'fn'", fn)
-  return sched.after(ms, fn, nil, "keel.after")
+  return sched.after(ms, fn, nil)
 end
 
 function keel.every(ms, fn)
   check.number("keel.every", "argument 'ms'", ms, nil, 0)
   check.func("keel.every", "argument 'fn'", fn)
   if ms <= 0 then error("keel.every: argument 'ms' must be a number > 0 (got " .. tostring(ms) .. ")", 2) end
-  return sched.after(ms, fn, ms, "keel.every")
+  return sched.after(ms, fn, ms)
 end
 
 -- Runs fn in its own task; on timeout that task is cancelled (its deferred
@@ -154,8 +154,8 @@ function keel.any(fns)
   end)
   for i = 1, n do if tasks[i] ~= first then tasks[i]:cancel() end end
   if not ok then error(err, 0) end
-  local function unwrap(ok, ...)
-    if ok then return ... end
+  local function unwrap(succeeded, ...)
+    if succeeded then return ... end
     error((...), 0)
   end
   return unwrap(sched.results(first))

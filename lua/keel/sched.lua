@@ -525,7 +525,7 @@ end
 local Timer = {}
 Timer.__index = Timer
 
-function sched.after(ms, fn, interval, fname)
+function sched.after(ms, fn, interval)
   local w = W
   local t = setmetatable({ fn = fn, world = w, interval = interval, referenced = true }, Timer)
   t.deadline = C.keel_clock_update(w.clock) + ms
