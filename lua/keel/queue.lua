@@ -46,8 +46,9 @@ local function set_timer(self, t, referenced)
   local ok, tm = pcall(sched.after, max(0, t - C.keel_clock_update(self.clock)), fire)
   sched.set_world(prev)
   if not ok then error(tm, 0) end
-  if not referenced and self.waiters:count() == 0 then tm:unref() end
-  self.timer, self.timer_at = tm, t
+  referenced = referenced or self.waiters:count() > 0
+  if not referenced then tm:unref() end
+  self.timer, self.timer_at, self.timer_ref = tm, t, referenced
 end
 
 local function arm_at(self, t)
@@ -256,7 +257,7 @@ function Queue:pop(opts)
   if id >= 0 then return new_msg(self, id) end
   if wait_ms <= 0 then return nil, "empty" end
   -- the timer may now release what this popper waits for: let it hold the world open
-  if self.timer and not self.timer.referenced then set_timer(self, self.timer_at, true) end
+  if self.timer and not self.timer_ref then set_timer(self, self.timer_at, true) end
   local msg = self.waiters:wait(wait_ms < huge and wait_ms or nil, "keel.queue:pop")
   if msg then return msg end
   -- a message due exactly at the wait deadline still counts
@@ -426,7 +427,7 @@ return function(opts)
     dead_letter = dlq, name = name,
     items = {}, keys = {}, index = {}, meta = {}, fails = {},
     waiters = sched.waitqueue(),
-    timer = nil, timer_at = huge, tgen = 0,
+    timer = nil, timer_at = huge, timer_ref = false, tgen = 0,
     dead = 0, dead_lettered = 0, dropped = 0, redriven = 0, duplicates = 0, rejected = 0,
   }, Queue)
   metrics.register("queue", name, self)
