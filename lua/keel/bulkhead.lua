@@ -171,7 +171,7 @@ return function(opts)
   local max = check.integer(FNAME, "option 'max'", opts.max, 10, 1, 2147483647)
   local queue = check.integer(FNAME, "option 'queue'", opts.queue, 0, 0, 2147483647)
   local wait_ms = opts.wait_ms
-  if wait_ms ~= nil then
+  if type(wait_ms) ~= "nil" then
     check.number(FNAME, "option 'wait_ms'", wait_ms, nil, 0)
     if wait_ms == math.huge then wait_ms = nil end
   end

@@ -44,7 +44,7 @@ function Limiter:take(n)
 end
 
 local function wait(self, fname, key, n, timeout)
-  if timeout ~= nil then check.number(fname, "argument 'timeout_ms'", timeout, nil, 0) end
+  if type(timeout) ~= "nil" then check.number(fname, "argument 'timeout_ms'", timeout, nil, 0) end
   sched.need_task(fname, 3)
   local p = self.p
   local w
