@@ -583,8 +583,12 @@ void keel_redis_close(keel_redis_t *r) {
     if (!r || r->closing) return;
     r->closing = 1;
     r->state = KEEL_REDIS_S_CLOSED;
-    /* from the loop, not here: the caller may be inside one of our callbacks */
-    uv_timer_start(&r->close_timer, close_cb, 0, 0);
+    /* With nothing outstanding no callback can fire: tear down now, so a
+     * client closed just before the program ends is still freed. Otherwise
+     * from the loop, not here: the caller may be inside one of our
+     * callbacks, and the waiters must be told from a loop callback. */
+    if (r->pending == 0 && r->in_cb == 0) teardown(r);
+    else uv_timer_start(&r->close_timer, close_cb, 0, 0);
 }
 
 void keel_redis_abandon(keel_redis_t *r) {

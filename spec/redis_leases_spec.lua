@@ -155,9 +155,12 @@ describe("keel.redis.leases", function()
         assert.equal("true", valid)
         wrote = wrote + 1
       end
-      for acc, valid in o:gmatch("STALLED token=%d+ accepted=(%d) valid=(%a+)") do
+      for acc, valid, alone in o:gmatch("STALLED token=%d+ accepted=(%d) valid=(%a+) alone=(%a+)") do
         stalled = stalled + 1
         assert.equal("false", valid) -- it expired, so it is no longer valid
+        if alone == "false" then
+          assert.equal("0", acc) -- a newer holder wrote: the store refuses the old token
+        end
         if acc == "0" then fenced = fenced + 1 end
       end
       for rel, err in o:gmatch("STALE_RELEASE (%a+) (%a+)") do
@@ -167,9 +170,7 @@ describe("keel.redis.leases", function()
     end
     assert.equal(4 * rounds, wrote + stalled)
     assert.equal(4 * 5, stalled)
-    -- while others contend a stalled holder is overtaken and its write
-    -- refused; only near the end (contenders finished) may it go through
-    assert.is_true(fenced >= stalled - 4, fenced .. " of " .. stalled .. " fenced")
+    assert.is_true(fenced >= 1)
     -- the store's log holds only accepted writes, tokens strictly increasing
     local log = c:call("LRANGE", "{t}:log", 0, -1)
     assert.equal(wrote + stalled - fenced, #log)

@@ -29,9 +29,17 @@ for round = 1, rounds do
   if stall then
     c:call("DECR", "{t}:inside")
     keel.sleep(250) -- past the 150 ms TTL: someone else takes over
+    -- wait (bounded) until a newer holder has written: from then on the
+    -- store must refuse us; if nobody comes (the others are done) say so
+    local alone = true
+    for _ = 1, 300 do
+      if tonumber(c:call("GET", "{t}:top") or "0") > lease.token then alone = false break end
+      keel.sleep(10)
+    end
     local ok = c:eval(FENCED_WRITE, 2, "{t}:top", "{t}:log", lease.token, me)
     local valid = lease:valid()
-    out:write(string.format("STALLED token=%d accepted=%d valid=%s\n", lease.token, ok, tostring(valid)))
+    out:write(string.format("STALLED token=%d accepted=%d valid=%s alone=%s\n", lease.token, ok,
+      tostring(valid), tostring(alone)))
     local rel, err = lease:release()
     out:write(string.format("STALE_RELEASE %s %s\n", tostring(rel), tostring(err)))
   else
