@@ -223,6 +223,29 @@ describe("keel.breaker", function()
     end)
   end)
 
+  it("replays the same transitions for the same seed", function()
+    local function run(seed)
+      return keel.sim({ seed = seed }, function()
+        local b = keel.breaker { window = "time", size = 5, min_calls = 5, open_ms = { 200, 2000 },
+                                 half_open_calls = 3, slow_ms = 80, slow_rate = 60 }
+        local log = {}
+        b:on_state(function(from, to) log[#log + 1] = string.format("%d:%s>%s", keel.now(), from, to) end)
+        for _ = 1, 400 do
+          pcall(b.call, b, function()
+            keel.sleep(keel.random(1, 100))
+            if keel.random() < 0.4 then error("flaky") end
+          end)
+          keel.sleep(keel.random(0, 20))
+        end
+        return table.concat(log, " ")
+      end)
+    end
+    local a = run(11)
+    assert.truthy(a:match("open"))
+    assert.equal(a, run(11))
+    assert.are_not.equal(a, run(12))
+  end)
+
   it("rejects bad options naming the option", function()
     local bad = {
       { { size = 0 }, "option 'size'" }, { { size = 1.5 }, "option 'size'" },
