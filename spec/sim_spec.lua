@@ -54,7 +54,10 @@ describe("keel.sim", function()
       end
       local tm = keel.every(7, function() log("tick", keel.random(1000)) end)
       keel.after(100, function() tasks[keel.random(1, 30)]:cancel() end)
-      local ok, err = keel.timeout(keel.random(50, 150), function() keel.sleep(keel.random(0, 300)) return "in time" end)
+      local ok, err = keel.timeout(keel.random(50, 150), function()
+        keel.sleep(keel.random(0, 300))
+        return "in time"
+      end)
       log("timeout", tostring(ok), tostring(err))
       for i = 1, 30 do
         local jok, jerr = tasks[i]:join()
