@@ -175,6 +175,51 @@ describe("keel.redis.queue", function()
     q:close()
   end)
 
+  it("Redis killed and restarted mid-run: fails fast, reconnects, loses nothing acknowledged", function()
+    local s = redis_server.start { persist = true }
+    local c2 = assert(keel.redis.connect(s.url, { backoff_base_ms = 10, backoff_max_ms = 50, timeout_ms = 2000 }))
+    local q = Q.new { redis = c2, prefix = "q10", visibility_ms = 300, prefetch = 4 }
+    local pushed, acked, consumed = {}, {}, {}
+    local failures = 0
+    local producing = true
+    local producer = keel.spawn(function()
+      for i = 1, 300 do
+        local id = q:push("job" .. i)
+        if id then pushed[#pushed + 1] = "job" .. i else failures = failures + 1 end
+        keel.sleep(1)
+      end
+      producing = false
+    end)
+    local consumer = keel.spawn(function()
+      local idle = 0
+      while producing or idle < 5 do
+        local m, err = q:pop { wait_ms = 200 }
+        if m then
+          idle = 0
+          assert.is_nil(acked[m.item], m.item .. " came back after its ack") -- never redelivered once acked
+          consumed[m.item] = true
+          if q:ack(m) then acked[m.item] = true end
+        else
+          if err ~= "timeout" then failures = failures + 1; keel.sleep(10) end
+          if not producing then idle = idle + 1 end
+        end
+      end
+    end)
+    keel.sleep(100)
+    s:restart() -- SIGKILL and start again on the same port and data
+    assert.is_true((producer:join()))
+    assert.is_true((consumer:join()))
+    assert.is_true(failures > 0) -- the outage was seen as errors, not hangs
+    assert.is_true(c2:stats().reconnects >= 1)
+    -- every job Redis acknowledged (an id came back) was delivered
+    for _, item in ipairs(pushed) do assert.is_true(consumed[item], item .. " lost") end
+    local info = q:info()
+    assert.equal(0, info.pending)
+    q:close()
+    c2:close()
+    s:cleanup()
+  end)
+
   it("survives a Redis restart: errors while down, resumes after", function()
     local s = redis_server.start()
     local c2 = assert(keel.redis.connect(s.url, { backoff_base_ms = 10, backoff_max_ms = 50 }))
@@ -182,9 +227,10 @@ describe("keel.redis.queue", function()
     assert(q:push("before"))
     local m = assert(q:pop())
     assert.is_true(q:ack(m))
-    s:restart()
+    s:stop()
     local _, err = q:push("during")
     assert.matches("^conn: ", err)
+    s:launch()
     local ok
     for _ = 1, 100 do
       if q:push("after") then ok = true break end

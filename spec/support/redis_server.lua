@@ -40,7 +40,7 @@ end
 function Server:launch()
   local dir = self.dir
   local cmd = string.format(
-    "redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no --enable-debug-command yes " ..
+    "redis-server --port %d --bind 127.0.0.1 --save '' --daemonize no --enable-debug-command yes " ..
     "--dir %s %s > %s/log 2>&1 & echo $!", self.port, dir, self.extra or "", dir)
   self.pid = tonumber(sh(cmd))
   started[self] = true
@@ -60,14 +60,17 @@ function Server:launch()
   error("redis_server: redis-server did not start on port " .. self.port .. ": " .. sh("cat " .. dir .. "/log"))
 end
 
--- opts: { password = "..." }
+-- opts: { password = "...", persist = true }
 function M.start(opts)
   opts = opts or {}
   local self = setmetatable({}, Server)
   self.dir = sh("mktemp -d /tmp/keel-redis-XXXXXX"):gsub("%s+$", "")
   self.port = opts.port or pick_port()
   self.password = opts.password
-  if opts.password then self.extra = "--requirepass " .. opts.password end
+  -- persist: an append-only file fsynced on every write, so whatever Redis
+  -- acknowledged survives a SIGKILL and restart (for restart specs)
+  self.extra = opts.persist and "--appendonly yes --appendfsync always" or "--appendonly no"
+  if opts.password then self.extra = self.extra .. " --requirepass " .. opts.password end
   self:launch()
   local auth = opts.password and (":" .. opts.password .. "@") or ""
   self.url = string.format("redis://%s127.0.0.1:%d", auth, self.port)
