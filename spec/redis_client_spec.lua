@@ -218,4 +218,28 @@ describe("keel.redis reconnect", function()
     c:close()
     s:cleanup()
   end)
+  it("a hung server (SIGSTOP) times out calls and connects; work resumes after SIGCONT", function()
+    local s = redis_server.start()
+    local c = assert(keel.redis.connect(s.url, { timeout_ms = 100, backoff_base_ms = 10, backoff_max_ms = 50 }))
+    os.execute("kill -STOP " .. s.pid)
+    local v, err = c:call("PING")
+    assert.is_nil(v)
+    assert.equal("timeout: no reply before the deadline", err)
+    -- a new connection to it: the TCP handshake succeeds, the PING does not
+    local c2, err2 = keel.redis.connect(s.url, { timeout_ms = 100 })
+    assert.is_nil(c2)
+    assert.matches("^timeout: ", err2)
+    -- several silent deadlines in a row: the connection is dropped and redialled
+    for _ = 1, 3 do c:call("PING") end
+    os.execute("kill -CONT " .. s.pid)
+    local back
+    for _ = 1, 100 do
+      if c:call("PING") == "PONG" then back = true break end
+      keel.sleep(20)
+    end
+    assert.is_true(back)
+    assert.is_true(c:stats().reconnects >= 1)
+    c:close()
+    s:cleanup()
+  end)
 end)
