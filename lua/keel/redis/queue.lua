@@ -5,7 +5,8 @@
 --   local msg = q:pop{ wait_ms = 1000 }   -- msg.id, msg.item, msg.attempt
 --   q:ack(msg)                            -- or q:nack(msg)
 --
--- push = XADD (refused with "full" at capacity; MAXLEN as a hard bound).
+-- push = XADD (refused with "full" at capacity; MAXLEN as a hard bound),
+--        pushes of one scheduler turn batched into one script.
 -- pop  = one script: reclaim messages idle past visibility_ms (XAUTOCLAIM),
 --        dead-letter those delivered more than max_attempts times, else read
 --        new ones (XREADGROUP); when there is nothing, a blocking XREADGROUP
@@ -27,9 +28,20 @@ local huge, min, floor = math.huge, math.min, math.floor
 local unpack = unpack or table.unpack
 local ACK_BATCH = 1000
 
-local PUSH = redis.script [[
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'd', ARGV[2])
+-- ARGV: capacity, items... -> { id | false (full), ... }
+local PUSH_MANY = redis.script [[
+local cap = tonumber(ARGV[1])
+local n = redis.call('XLEN', KEYS[1])
+local out = {}
+for i = 2, #ARGV do
+  if n >= cap then
+    out[i - 1] = false
+  else
+    out[i - 1] = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'd', ARGV[i])
+    n = n + 1
+  end
+end
+return out
 ]]
 
 -- ARGV: group, consumer, visibility_ms, max_attempts, count, reclaim(0/1)
@@ -198,7 +210,20 @@ local function item_arg(F, item)
   error(F .. ": argument 'item' must be a string or number (got " .. tostring(item) .. ")", 3)
 end
 
+-- Pushes made by any tasks during one scheduler turn (and while the
+-- previous batch is on the wire) go out in one script: one round trip and
+-- one script call for many XADDs.
+local PUSH_BATCH = 500
+
+local function send_pushes(self, b)
+  if self.pbatch == b then self.pbatch = nil end
+  b.r, b.err = self.redis:eval(PUSH_MANY, 1, self.stream, self.capacity, unpack(b.items))
+  b.done = true
+  b.q:wake_all()
+end
+
 -- push(item) -> id | nil, "full" | nil, "conn: ..."
+-- (a push whose task is cancelled while waiting may still be enqueued)
 function Queue:push(item, opts)
   local F = "keel.redis.queue:push"
   self_check(F, self)
@@ -209,9 +234,23 @@ function Queue:push(item, opts)
       error(F .. ": options delay_ms, priority and dedup_key are not supported by the Redis queue", 2)
     end
   end
-  local id, err = self.redis:eval(PUSH, 1, self.stream, self.capacity, item)
-  if id == nil then
-    if err then self.st.errors = self.st.errors + 1; return nil, err end
+  sched.need_task(F, 2)
+  local b = self.pbatch
+  if not b then
+    b = { items = {}, q = sched.waitqueue() }
+    self.pbatch = b
+    sched.spawn(send_pushes, self, b)
+  end
+  local i = #b.items + 1
+  b.items[i] = item
+  if i >= PUSH_BATCH then self.pbatch = nil end
+  if not b.done then b.q:wait(nil, F) end
+  if not b.r then
+    self.st.errors = self.st.errors + 1
+    return nil, b.err
+  end
+  local id = b.r[i]
+  if not id then
     self.st.full = self.st.full + 1
     return nil, "full"
   end
