@@ -42,7 +42,7 @@ local TICK_BUDGET = 8192 -- resumes per tick before I/O gets a turn
 local function new_world(opts)
   local w = setmetatable({
     ready = {}, nready = 0, spare = {},
-    slot_kind = {}, slot_obj = {}, slot_gen = {},
+    slot_obj = {}, slot_gen = {},
     pool = {}, npool = 0,
     alive = 0, pending = 0, unrefd = 0,
     current = nil, main = nil,
@@ -83,19 +83,19 @@ local function push_ready(w, task)
 end
 
 -- Timers ---------------------------------------------------------------------
--- Slots map a C timer id to what it wakes: kind 1 = a parked task (with its
--- generation), kind 2 = a timer object (keel.after/every).
+-- Slots map a C timer id to what it wakes: a parked task (slot_gen holds
+-- the generation it waits in) or a timer object (slot_gen is false).
 
-local function arm(w, deadline, kind, obj, gen)
+local function arm(w, deadline, obj, gen)
   local id = C.keel_timers_add(w.timers, deadline)
   if id < 0 then error("keel: out of memory arming a timer", 3) end
-  w.slot_kind[id], w.slot_obj[id], w.slot_gen[id] = kind, obj, gen
+  w.slot_obj[id], w.slot_gen[id] = obj, gen
   return id
 end
 
 local function disarm(w, id)
   if C.keel_timers_cancel(w.timers, id) == 0 then
-    w.slot_kind[id], w.slot_obj[id], w.slot_gen[id] = nil, nil, nil
+    w.slot_obj[id], w.slot_gen[id] = nil, nil
   end
 end
 
@@ -178,7 +178,7 @@ function WaitQueue:wait(timeout, fname)
   self.t[i], self.g[i] = task, gen
   self.n = self.n + 1
   local tid
-  if timeout then tid = arm(w, C.keel_clock_update(w.clock) + timeout, 1, task, gen) end
+  if timeout then tid = arm(w, C.keel_clock_update(w.clock) + timeout, task, gen) end
   local a, b, c = park(task)
   if tid and a ~= TIMEOUT then disarm(w, tid) end
   if a == TIMEOUT then
@@ -243,7 +243,7 @@ function sched.sleep(ms, fname)
     if task.cancelled and not task.shielded then error(CANCELLED, 0) end
     return
   end
-  local tid = arm(w, C.keel_clock_update(w.clock) + ms, 1, task, gen)
+  local tid = arm(w, C.keel_clock_update(w.clock) + ms, task, gen)
   local a = park(task)
   if a == CANCEL then disarm(w, tid); error(CANCELLED, 0) end
 end
@@ -282,7 +282,7 @@ function sched.await(id, timeout, fname)
   local w = task.world
   local gen = completion_gen[id]
   local tid
-  if timeout then tid = arm(w, C.keel_clock_update(w.clock) + timeout, 1, task, gen) end
+  if timeout then tid = arm(w, C.keel_clock_update(w.clock) + timeout, task, gen) end
   local a, b, c = park(task)
   if tid and a ~= TIMEOUT then disarm(w, tid) end
   drop_completion(id)
@@ -527,9 +527,11 @@ Timer.__index = Timer
 
 function sched.after(ms, fn, interval)
   local w = W
-  local t = setmetatable({ fn = fn, world = w, interval = interval, referenced = true }, Timer)
-  t.deadline = C.keel_clock_update(w.clock) + ms
-  t.id = arm(w, t.deadline, 2, t)
+  -- Relative to the loop's cached time, as libuv and Node do: arming a
+  -- million timers costs no clock reads.
+  local deadline = w.clock.now_ms + ms
+  local t = setmetatable({ fn = fn, world = w, interval = interval, deadline = deadline }, Timer)
+  t.id = arm(w, deadline, t, false)
   return t
 end
 
@@ -538,7 +540,7 @@ function Timer:stop()
   if self.id then
     disarm(self.world, self.id)
     self.id = nil
-    if not self.referenced then self.world.unrefd = self.world.unrefd - 1 end
+    if self.unrefd then self.world.unrefd = self.world.unrefd - 1 end
     return true
   end
   return false
@@ -547,8 +549,8 @@ end
 -- An unreferenced timer does not keep the process alive on its own.
 function Timer:unref()
   if getmetatable(self) ~= Timer then error("timer:unref: call it as a method (timer:unref())", 2) end
-  if self.referenced and self.id then
-    self.referenced = false
+  if not self.unrefd and self.id then
+    self.unrefd = true
     self.world.unrefd = self.world.unrefd + 1
   end
   return self
@@ -561,8 +563,8 @@ local function fire_timer(w, t)
     local next_deadline = t.deadline + t.interval
     if next_deadline <= now then next_deadline = now + t.interval end
     t.deadline = next_deadline
-    t.id = arm(w, next_deadline, 2, t)
-  elseif not t.referenced then
+    t.id = arm(w, next_deadline, t, false)
+  elseif t.unrefd then
     w.unrefd = w.unrefd - 1
   end
   spawn_in(w, t.fn, 0)
@@ -570,15 +572,15 @@ end
 
 local function fire_expired(w)
   local timers, now = w.timers, w.clock.now_ms
-  local kinds, objs, gens = w.slot_kind, w.slot_obj, w.slot_gen
+  local objs, gens = w.slot_obj, w.slot_gen
   while true do
     local id = C.keel_timers_pop_expired(timers, now)
     if id < 0 then return end
-    local kind, obj, gen = kinds[id], objs[id], gens[id]
-    kinds[id], objs[id], gens[id] = nil, nil, nil
-    if kind == 1 then
+    local obj, gen = objs[id], gens[id]
+    objs[id], gens[id] = nil, nil
+    if gen then
       wake(obj, gen, TIMEOUT)
-    elseif kind == 2 then
+    elseif obj then
       fire_timer(w, obj)
     end
   end
@@ -598,8 +600,13 @@ local function report_unobserved(w)
   end
 end
 
+-- Due timers fire between batches, but the clock is only re-read every few
+-- hundred resumes: a tight sleep(0) loop should not pay a clock read per
+-- round trip.
+local REFRESH_EVERY = 256
+
 local function run_ready(w, budget)
-  local done = 0
+  local done, since_refresh = 0, 0
   while w.nready > 0 and done < budget and not w.exit_code do
     local run, n = w.ready, w.nready
     w.ready, w.nready = w.spare, 0
@@ -615,7 +622,11 @@ local function run_ready(w, budget)
     end
     w.spare = run
     done = done + n
-    C.keel_clock_update(w.clock)
+    since_refresh = since_refresh + n
+    if since_refresh >= REFRESH_EVERY then
+      since_refresh = 0
+      C.keel_clock_update(w.clock)
+    end
     fire_expired(w)
   end
 end
@@ -654,9 +665,11 @@ function sched.tick(w)
   local nxt = C.keel_timers_next(timers)
   if w.exit_code then return sched.EXIT, nxt end
   if w.nready > 0 then return sched.READY, nxt end
-  local armed = C.keel_timers_count(timers) - w.unrefd
-  if w.alive == 0 and armed <= 0 then return sched.DONE, nxt end
-  if armed <= 0 and w.pending == 0 then return sched.STUCK, nxt end
+  local count = C.keel_timers_count(timers)
+  if w.alive == 0 and count - w.unrefd <= 0 then return sched.DONE, nxt end
+  -- Live tasks with no timer at all (an unref'd one may still wake them, as
+  -- it does in virtual time) and no I/O in flight can never run again.
+  if count <= 0 and w.pending == 0 then return sched.STUCK, nxt end
   return sched.WAITING, nxt
 end
 
