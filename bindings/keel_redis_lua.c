@@ -1,7 +1,8 @@
 /* Lua glue for runtime/keel_redis: the module "keel.redis.core".
  * Replies are converted into Lua values inside the hiredis callback (so no
  * redisReply outlives it) and handed to the waiting task through
- * keel_rt_complete. Request ids: a single call uses (completion id << 1); a
+ * keel_rt_complete (batched per socket read, see glue_t). Request ids: a
+ * single call uses (completion id << 1); a
  * pipeline batch uses (batch pointer | 1), its replies arriving in order. */
 #include <lua.h>
 #include <lauxlib.h>
@@ -18,6 +19,11 @@ typedef struct {
     keel_redis_t *r;     /* NULL once closed */
     keel_runtime *rt;
     int dead;            /* the Lua side is gone: drop replies */
+    /* Replies wait in the inbox (id, value, error triples) until the end of
+     * the read that produced them; then one Lua call hands them all to
+     * their tasks instead of one protected call per reply. */
+    int inbox_ref, drain_ref;
+    int inbox_n;
 } glue_t;
 
 typedef struct {
@@ -75,6 +81,48 @@ static void push_failure(lua_State *L, int status, const char *err) {
     lua_pushfstring(L, "%s: %s", status_code(status), err ? err : "");
 }
 
+/* Moves the top two values (value, error) into the inbox under id. */
+static void inbox_put(glue_t *g, lua_State *L, int64_t id) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->inbox_ref);
+    int n = g->inbox_n;
+    lua_pushnumber(L, (lua_Number)id);
+    lua_rawseti(L, -2, n + 1);
+    lua_insert(L, -3);          /* inbox value err */
+    lua_rawseti(L, -3, n + 3);
+    lua_rawseti(L, -2, n + 2);
+    lua_pop(L, 1);
+    g->inbox_n = n + 3;
+}
+
+static void on_flush(void *ud) {
+    glue_t *g = ud;
+    if (g->dead || g->inbox_n == 0) return;
+    lua_State *L = keel_rt_state(g->rt);
+    int n = g->inbox_n;
+    g->inbox_n = 0;
+    /* all but the last through our drain; the last through
+     * keel_rt_complete, which also gets the woken tasks scheduled */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->inbox_ref);
+    int inbox = lua_gettop(L);
+    if (n > 3) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, g->drain_ref);
+        lua_pushvalue(L, inbox);
+        lua_pushinteger(L, n - 3);
+        if (lua_pcall(L, 2, 0, 0) != 0) {
+            fprintf(stderr, "keel.redis: delivering replies failed: %s\n", lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    lua_rawgeti(L, inbox, n - 2);
+    int64_t id = (int64_t)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    lua_rawgeti(L, inbox, n - 1);
+    lua_rawgeti(L, inbox, n);
+    for (int k = n - 2; k <= n; k++) { lua_pushnil(L); lua_rawseti(L, inbox, k); }
+    lua_remove(L, inbox);
+    keel_rt_complete(g->rt, id, 2);
+}
+
 static void on_batch_reply(batch_t *b, lua_State *L, const redisReply *rep, int status, const char *err) {
     int i = ++b->next;
     if (!b->failed) {
@@ -104,7 +152,7 @@ static void on_batch_reply(batch_t *b, lua_State *L, const redisReply *rep, int 
         lua_pushnil(L);
     }
     luaL_unref(L, LUA_REGISTRYINDEX, b->ref);
-    keel_rt_complete(b->g->rt, b->id, 2);
+    inbox_put(b->g, L, b->id);
     free(b);
 }
 
@@ -121,18 +169,25 @@ static void on_reply(void *ud, uint64_t req_id, const redisReply *rep, int statu
     int64_t id = (int64_t)(req_id >> 1);
     if (status != KEEL_REDIS_OK) {
         push_failure(L, status, err);
-        keel_rt_complete(g->rt, id, 2);
     } else if (rep->type == REDIS_REPLY_ERROR) {
         lua_pushnil(L);
         lua_pushlstring(L, rep->str, rep->len);
-        keel_rt_complete(g->rt, id, 2);
     } else {
         push_reply(L, rep, 0);
-        keel_rt_complete(g->rt, id, 1);
+        lua_pushnil(L);
     }
+    inbox_put(g, L, id);
 }
 
-static void on_free(void *ud) { free(ud); }
+static void on_free(void *ud) {
+    glue_t *g = ud;
+    if (!g->dead) {
+        lua_State *L = keel_rt_state(g->rt);
+        luaL_unref(L, LUA_REGISTRYINDEX, g->inbox_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, g->drain_ref);
+    }
+    free(g);
+}
 
 static glue_t *check_conn(lua_State *L, int idx) {
     glue_t **p = luaL_checkudata(L, idx, CONN_MT);
@@ -140,7 +195,9 @@ static glue_t *check_conn(lua_State *L, int idx) {
 }
 
 /* new(host, port, password|nil, username|nil, db, connect_timeout_ms,
- *     backoff_base_ms, backoff_max_ms, max_pending) -> conn | nil, err */
+ *     backoff_base_ms, backoff_max_ms, max_pending, drain) -> conn | nil, err
+ * drain(inbox, n) completes inbox[i] with inbox[i+1], inbox[i+2] for
+ * i = 1, 4, ... < n and clears them. */
 static int l_new(lua_State *L) {
     keel_runtime *rt = keel_rt_from_lua(L);
     if (!rt) return luaL_error(L, "keel.redis: no runtime");
@@ -155,11 +212,17 @@ static int l_new(lua_State *L) {
     o.backoff_base_ms = luaL_optnumber(L, 7, 50);
     o.backoff_max_ms = luaL_optnumber(L, 8, 2000);
     o.max_pending = (uint32_t)luaL_optinteger(L, 9, 65536);
+    luaL_checktype(L, 10, LUA_TFUNCTION);
     o.on_reply = on_reply;
     o.on_free = on_free;
+    o.on_flush = on_flush;
     glue_t *g = calloc(1, sizeof *g);
     if (!g) return luaL_error(L, "keel.redis: out of memory");
     g->rt = rt;
+    lua_pushvalue(L, 10);
+    g->drain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_createtable(L, 64, 0);
+    g->inbox_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     o.ud = g;
     glue_t **p = lua_newuserdata(L, sizeof *p);
     *p = NULL;
@@ -167,6 +230,8 @@ static int l_new(lua_State *L) {
     lua_setmetatable(L, -2);
     g->r = keel_redis_new(keel_rt_loop(rt), keel_rt_clock(rt), keel_rt_rand(rt), &o);
     if (!g->r) {
+        luaL_unref(L, LUA_REGISTRYINDEX, g->inbox_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, g->drain_ref);
         free(g);
         lua_pushnil(L);
         lua_pushliteral(L, "keel.redis: cannot create client (out of memory)");

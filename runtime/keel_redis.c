@@ -42,6 +42,7 @@ struct keel_redis {
     int closing, abandoned, teardown_done;
     int in_cb;              /* inside a hiredis callback of r->ac */
     int in_flush;
+    uint32_t ndeliv;        /* on_reply calls since the last on_flush */
     uv_prepare_t flush_prep;
 
     keel_redis_stats_t st;
@@ -62,11 +63,16 @@ typedef struct {
     int defer_write;    /* a write waits for the prepare-phase flush */
 } uv_events_t;
 
+static void flush_deliveries(keel_redis_t *r);
+
 static void ev_poll(uv_poll_t *handle, int status, int events) {
     uv_events_t *p = handle->data;
     int ev = status ? p->events : events;
+    /* r outlives this call: frees are deferred while callbacks run */
+    keel_redis_t *r = p->context ? p->context->data : NULL;
     if (p->context && (ev & UV_READABLE)) redisAsyncHandleRead(p->context);
     if (p->context && (ev & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
+    if (r) flush_deliveries(r);
 }
 
 /* uv_poll_start re-registers with epoll even when nothing changed: only
@@ -118,6 +124,7 @@ static void flush_cb(uv_prepare_t *h) {
     r->in_flush = 1;
     redisAsyncHandleWrite(ac); /* may free ac on a write error */
     r->in_flush = 0;
+    flush_deliveries(r);
 }
 
 static void ev_on_close(uv_handle_t *h) { free(h->data); }
@@ -209,7 +216,17 @@ static void deliver(keel_redis_t *r, uint64_t id, const redisReply *rep, int sta
     if (r->abandoned || !r->o.on_reply) return;
     /* the callee may run a finalizer that abandons r: keep r alive */
     r->in_cb++;
+    r->ndeliv++;
     r->o.on_reply(r->o.ud, id, rep, status, err);
+    r->in_cb--;
+}
+
+static void flush_deliveries(keel_redis_t *r) {
+    if (r->ndeliv == 0) return;
+    r->ndeliv = 0;
+    if (r->abandoned || !r->o.on_flush) return;
+    r->in_cb++;
+    r->o.on_flush(r->o.ud);
     r->in_cb--;
 }
 
@@ -460,7 +477,7 @@ static void deadline_cb(uv_timer_t *t) {
         if (r->last_reply_ms < s->sent_ms) stale++;
         r->st.timeouts++;
         slot_fail(r, i, KEEL_REDIS_ETIMEOUT, "no reply before the deadline");
-        if (r->closing) return;
+        if (r->closing) { flush_deliveries(r); return; }
     }
     /* one slow command is not a dead server; several silent deadlines are */
     r->stale_timeouts += stale;
@@ -468,6 +485,7 @@ static void deadline_cb(uv_timer_t *t) {
         drop_connection(r, "connection dropped: server not responding");
     arm_deadline_timer(r);
     update_ref(r);
+    flush_deliveries(r);
 }
 
 /* ---- public ---- */
@@ -557,6 +575,7 @@ static void teardown(keel_redis_t *r) {
     if (r->teardown_done) return;
     for (uint32_t i = 0; i < r->nslots; i++)
         if (r->slots[i].state == SLOT_ACTIVE) slot_fail(r, i, KEEL_REDIS_ECLOSED, "client closed");
+    flush_deliveries(r);
     r->abandoned = 1;
     r->teardown_done = 1;
     uv_timer_stop(&r->deadline_timer);

@@ -59,6 +59,10 @@ typedef struct keel_redis_opts {
     uint32_t max_pending;         /* default 65536 */
     keel_redis_reply_fn on_reply;
     void (*on_free)(void *ud);    /* called once when the client memory is gone */
+    /* optional: called after a burst of on_reply calls (the end of a socket
+     * read, a deadline check, a close), so the caller can hand many replies
+     * over at once */
+    void (*on_flush)(void *ud);
     void *ud;
 } keel_redis_opts_t;
 

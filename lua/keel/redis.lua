@@ -68,6 +68,15 @@ local function parse_url(url)
 end
 redis.parse_url = parse_url
 
+-- Hands a burst of replies to their tasks (called from the C glue at the
+-- end of each socket read, with id, value, error triples).
+local function drain(inbox, n)
+  for i = 1, n, 3 do
+    complete(inbox[i], inbox[i + 1], inbox[i + 2])
+    inbox[i], inbox[i + 1], inbox[i + 2] = nil, nil, nil
+  end
+end
+
 local FN = "keel.redis.connect"
 
 local function normalize(arg, extra)
@@ -111,7 +120,7 @@ function redis.connect(arg, extra)
   sched.need_task(FN, 2)
   if o.host:find("%z") then error(FN .. ": option 'host' must not contain NUL bytes", 2) end
   local conn, err = core.new(o.host, o.port, o.password, o.username, o.db, o.connect_timeout_ms,
-    o.backoff_base_ms, o.backoff_max_ms, o.max_pending)
+    o.backoff_base_ms, o.backoff_max_ms, o.max_pending, drain)
   if not conn then return nil, err end
   local c = setmetatable({ conn = conn, timeout_ms = o.timeout_ms, opts = o, name = o.name,
                            scripts = {} }, Client)
