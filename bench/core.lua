@@ -26,19 +26,39 @@ end
 return function(report)
   local N = 1000000
 
+  -- Memory per parked task: 100k tasks waiting on one channel.
+  local P = 100000
+  collectgarbage()
+  collectgarbage()
+  local rss0, lua0 = statm_rss_kib(), collectgarbage("count")
+  local ch = keel.channel(0)
+  local parked = {}
+  local function receive() return ch:recv() end
+  for i = 1, P do parked[i] = keel.spawn(receive) end
+  keel.sleep(0)
+  collectgarbage()
+  local rss1, lua1 = statm_rss_kib(), collectgarbage("count")
+  report { label = "memory per parked task (100k, RSS delta)", value = (rss1 - rss0) * 1024 / P, unit = "bytes",
+    baseline = (lua1 - lua0) * 1024 / P, baseline_label = "Lua heap delta", target = "<= 1024 bytes" }
+  ch:close()
+  for i = 1, P do parked[i]:join() end
+
+
   -- Tasks spawned and joined.
   local ms = measure(function()
     local batch = 10000
     local tasks = {}
+    local function work(i) return i end
     for _ = 1, N / batch do
-      for i = 1, batch do tasks[i] = keel.spawn(function() return i end) end
+      for i = 1, batch do tasks[i] = keel.spawn(work, i) end
       for i = 1, batch do tasks[i]:join() end
     end
   end)
   local base = measure(function()
+    local function work(i) return i end
     for i = 1, N do
-      local co = coroutine.create(function() return i end)
-      coroutine.resume(co)
+      local co = coroutine.create(work)
+      coroutine.resume(co, i)
     end
   end)
   report { label = "tasks spawned+joined (1M)", value = N / ms * 1000, unit = "tasks/s",
@@ -90,19 +110,4 @@ return function(report)
   report { label = "1M timers armed+fired (wall)", value = ms, unit = "ms",
     baseline = node_ms, baseline_label = "node " .. tostring(node), target = "<= 1000 ms and < node" }
 
-  -- Memory per parked task: 100k tasks waiting on one channel.
-  local P = 100000
-  collectgarbage()
-  collectgarbage()
-  local rss0, lua0 = statm_rss_kib(), collectgarbage("count")
-  local ch = keel.channel(0)
-  local parked = {}
-  for i = 1, P do parked[i] = keel.spawn(function() return ch:recv() end) end
-  keel.sleep(0)
-  collectgarbage()
-  local rss1, lua1 = statm_rss_kib(), collectgarbage("count")
-  report { label = "memory per parked task (100k, RSS delta)", value = (rss1 - rss0) * 1024 / P, unit = "bytes",
-    baseline = (lua1 - lua0) * 1024 / P, baseline_label = "Lua heap delta", target = "<= 1024 bytes" }
-  ch:close()
-  for i = 1, P do parked[i]:join() end
 end

@@ -9,7 +9,7 @@
 local ffi = require "ffi"
 local C = require "keel.ffi.core"
 
-local cocreate, coresume, yield, costatus = coroutine.create, coroutine.resume, coroutine.yield, coroutine.status
+local cocreate, coresume, yield = coroutine.create, coroutine.resume, coroutine.yield
 local corunning = coroutine.running
 local select, type, tostring, setmetatable, error, pcall, xpcall =
   select, type, tostring, setmetatable, error, pcall, xpcall
@@ -236,7 +236,6 @@ function sched.sleep(ms, fname)
   task.gen = gen
   if ms == 0 then
     -- Yield to every other runnable task, then continue.
-    task.v1, task.v2, task.v3 = nil, nil, nil
     push_ready(w, task)
     task.state = "running"
     yield()
@@ -413,8 +412,6 @@ local function step(w, task)
       task.err = m
       w.alive = w.alive - 1
     end
-  elseif costatus(co) == "dead" then
-    task.co = nil
   end
 end
 
