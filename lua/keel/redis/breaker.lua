@@ -133,7 +133,7 @@ function M.new(opts)
   lo = lo or { window = "count", size = 100, min_calls = self.min_calls, failure_rate = self.failure_rate,
                open_ms = self.open_ms }
   self.fallback = require("keel.breaker")(lo)
-  metrics.register("breaker", self.name, self)
+  metrics.register("redis_breaker", self.name, self)
   return self
 end
 

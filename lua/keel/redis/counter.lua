@@ -30,7 +30,7 @@ function M.new(opts)
     st = { adds = 0, errors = 0 },
   }, Counter)
   for i = 1, self.shards do self.keys[i] = common.tag(self.prefix, tostring(i - 1)) end
-  metrics.register("counter", self.name, self)
+  metrics.register("redis_counter", self.name, self)
   return self
 end
 

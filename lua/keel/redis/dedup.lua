@@ -29,7 +29,7 @@ function M.new(opts)
     prefix = common.prefix(F, opts, "dedup"),
     st = { checks = 0, duplicates = 0, errors = 0 },
   }, Dedup)
-  metrics.register("dedup", self.name, self)
+  metrics.register("redis_dedup", self.name, self)
   return self
 end
 

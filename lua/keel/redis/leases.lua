@@ -79,7 +79,7 @@ function M.new(opts)
     prefix = common.prefix(F, opts, "leases"),
     st = { grants = 0, renewals = 0, releases = 0, refused_held = 0, lost = 0, errors = 0, waits = 0 },
   }, Leases)
-  metrics.register("leases", self.name, self)
+  metrics.register("redis_leases", self.name, self)
   return self
 end
 

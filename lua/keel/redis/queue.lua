@@ -177,7 +177,7 @@ function M.new(opts)
     st = { pushed = 0, popped = 0, acked = 0, nacked = 0, dead_lettered = 0, reclaimed = 0, full = 0,
            redriven = 0, errors = 0, ack_errors = 0 },
   }, Queue)
-  metrics.register("queue", name, self)
+  metrics.register("redis_queue", name, self)
   return self
 end
 

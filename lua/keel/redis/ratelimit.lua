@@ -51,7 +51,7 @@ function M.new(opts)
     prefix = common.prefix(F, opts, "ratelimit"),
     st = { allowed = 0, limited = 0, errors = 0 },
   }, Limiter)
-  metrics.register("ratelimit", self.name, self)
+  metrics.register("redis_ratelimit", self.name, self)
   return self
 end
 

@@ -93,7 +93,7 @@ function M.new(opts)
     base = base, dkey = base .. ":d", seq = base .. ":seq",
     st = { binds = 0, moves = 0, unbinds = 0, heartbeats = 0, refused_full = 0, errors = 0 },
   }, Registry)
-  metrics.register("registry", self.name, self)
+  metrics.register("redis_registry", self.name, self)
   return self
 end
 
