@@ -17,11 +17,28 @@ local lazy = {
   dedup = "keel.dedup", registry = "keel.registry", redis = "keel.redis",
 }
 
+-- These constructors also build the Redis-backed version, with the same
+-- API, when given `redis = client`: a script moves from one process to a
+-- fleet by changing one option.
+local has_redis_variant = {
+  leases = true, queue = true, dedup = true, ratelimit = true, registry = true, counter = true, breaker = true,
+}
+
+local function with_redis_variant(kind, local_ctor)
+  return function(opts, ...)
+    if type(opts) == "table" and opts.redis ~= nil then
+      return require("keel.redis." .. kind).new(opts, ...)
+    end
+    return local_ctor(opts, ...)
+  end
+end
+
 setmetatable(keel, {
   __index = function(t, k)
     local mod = lazy[k]
     if not mod then return nil end
     local v = require(mod)
+    if has_redis_variant[k] then v = with_redis_variant(k, v) end
     rawset(t, k, v)
     return v
   end,
