@@ -155,6 +155,16 @@ static void start_connect(keel_redis_t *r);
 static void arm_deadline_timer(keel_redis_t *r);
 static void backoff_cb(uv_timer_t *t);
 
+/* Deadlines of network waits. Real mode: the runtime clock. Virtual mode
+ * (--sim): virtual time stands still while a task waits for a reply (the
+ * scheduler does not jump past pending I/O), so a deadline on it would never
+ * pass and a dead server would hang the run; waiting on a socket is real,
+ * so there we use the loop's own real-time stamp (cached by libuv, no
+ * system call of ours). */
+static double io_now(const keel_redis_t *r) {
+    return r->clock->is_virtual ? (double)uv_now(r->loop) : r->clock->now_ms;
+}
+
 static char *dup_n(const char *s, size_t n) {
     char *d = malloc(n + 1);
     if (!d) return NULL;
@@ -271,7 +281,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     redisReply *rep = reply;
     slot_t *s = &r->slots[i];
     r->in_cb++;
-    if (rep) { r->last_reply_ms = r->clock->now_ms; r->stale_timeouts = 0; }
+    if (rep) { r->last_reply_ms = io_now(r); r->stale_timeouts = 0; }
     if (s->state == SLOT_ACTIVE) {
         uint64_t id = s->req_id;
         s->state = SLOT_ABANDONED; /* nothing may fail it twice while we deliver */
@@ -370,7 +380,7 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
 static void start_connect(keel_redis_t *r) {
     r->state = KEEL_REDIS_S_CONNECTING;
     r->handshake_failed = 0;
-    r->connect_deadline = r->clock->now_ms + r->o.connect_timeout_ms;
+    r->connect_deadline = io_now(r) + r->o.connect_timeout_ms;
     redisAsyncContext *ac = redisAsyncConnect(r->host, r->o.port);
     if (!ac) {
         set_err(r, "connect failed: ", "out of memory");
@@ -432,7 +442,7 @@ static void arm_deadline_timer(keel_redis_t *r) {
     if (r->closing) return;
     double d = next_deadline(r);
     if (d < 0) { uv_timer_stop(&r->deadline_timer); return; }
-    double wait = d - r->clock->now_ms;
+    double wait = d - io_now(r);
     if (wait < 1) wait = 1;
     uv_timer_start(&r->deadline_timer, deadline_cb, (uint64_t)(wait + 0.999), 0);
     uv_unref((uv_handle_t *)&r->deadline_timer);
@@ -458,8 +468,9 @@ static void deadline_cb(uv_timer_t *t) {
     keel_redis_t *r = t->data;
     if (r->closing) return;
     /* the loop refreshes the clock per tick; a busy or blocked tick must not
-     * hide that our deadline has passed (no-op in virtual time) */
-    double now = keel_clock_update(r->clock);
+     * hide that our deadline has passed */
+    if (!r->clock->is_virtual) keel_clock_update(r->clock);
+    double now = io_now(r);
     if (r->ac && r->state == KEEL_REDIS_S_CONNECTING && now >= r->connect_deadline && !r->in_cb) {
         char msg[96];
         snprintf(msg, sizeof msg, "connect timeout: no connection after %.0f ms", r->o.connect_timeout_ms);
@@ -543,7 +554,7 @@ int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **
     slot_t *s = &r->slots[i];
     s->req_id = req_id;
     s->state = SLOT_ACTIVE;
-    s->sent_ms = r->clock->now_ms;
+    s->sent_ms = io_now(r);
     if (redisAsyncCommandArgv(r->ac, on_reply, (void *)(uintptr_t)(i + 1), argc, argv, argvlen) != REDIS_OK) {
         slot_release(r, (uint32_t)i);
         r->st.conn_errors++;
