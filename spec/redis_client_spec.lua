@@ -53,6 +53,24 @@ describe("keel.redis client", function()
     assert.equal(big, c:call_timeout(10000, "GET", "big"))
   end)
 
+  it("a value over the server's size limit fails clearly and the client recovers", function()
+    local s = redis_server.start()
+    local c2 = assert(keel.redis.connect(s.url, { backoff_base_ms = 10, backoff_max_ms = 50 }))
+    assert.equal("OK", c2:call("CONFIG", "SET", "proto-max-bulk-len", "1048576"))
+    local v, err = c2:call("SET", "too-big", string.rep("x", 2 * 1048576))
+    assert.is_nil(v)
+    assert.is_string(err)
+    assert.matches("[Pp]rotocol error", err)
+    local back
+    for _ = 1, 100 do
+      if c2:call("PING") == "PONG" then back = true break end
+      keel.sleep(10)
+    end
+    assert.is_true(back)
+    c2:close()
+    s:cleanup()
+  end)
+
   it("pipelines calls from many tasks on one connection", function()
     c:call("DEL", "ctr")
     local tasks = {}
