@@ -142,8 +142,10 @@ end
 
 local function check_args(fname, n, ...)
   if n == 0 then error(fname .. ": missing command name", 3) end
+  local all = n > 8 and { ... } -- select(i, ...) per argument would be quadratic
   for i = 1, n do
-    local v = select(i, ...)
+    local v
+    if all then v = all[i] else v = select(i, ...) end
     local t = type(v)
     if t ~= "string" and (t ~= "number" or v ~= v or v == math.huge or v == -math.huge) then
       error(string.format("%s: command argument %d must be a string or a finite number (got %s)",
