@@ -102,8 +102,7 @@ end
 -- Waking ---------------------------------------------------------------------
 
 local function wake(task, gen, a, b, c)
-  if not task.parked or task.gen ~= gen then return false end
-  task.parked = false
+  if task.state ~= "waiting" or task.gen ~= gen then return false end
   task.state = "running"
   task.v1, task.v2, task.v3 = a, b, c
   push_ready(task.world, task)
@@ -114,7 +113,6 @@ sched.wake = wake
 -- Parks the current task; returns the wake values. The caller has already
 -- bumped task.gen and registered the waker(s).
 local function park(task)
-  task.parked = true
   task.state = "waiting"
   return yield()
 end
@@ -339,8 +337,9 @@ local function finish(task, ok, ...)
   if ok then
     task.state = "done"
     local n = select("#", ...)
-    if n == 1 then task.res, task.r1 = ONE, ...
-    elseif n > 1 then task.res = { n = n, ... } end
+    if n == 1 then task.xs, task.x1 = ONE, ...
+    elseif n > 1 then task.xs = { n = n, ... }
+    else task.xs = false end
   else
     local err = ...
     if err == CANCELLED then
@@ -349,7 +348,9 @@ local function finish(task, ok, ...)
     else
       task.state = "failed"
       task.err = err
-      if not task.observed and task ~= w.main then w.unobserved[#w.unobserved + 1] = task end
+      if not task.observed and not task.joiners and task ~= w.main then
+        w.unobserved[#w.unobserved + 1] = task
+      end
     end
   end
   local joiners = task.joiners
@@ -362,15 +363,15 @@ end
 
 local function body(task)
   while true do
-    local args = task.args
+    local args = task.xs
     if task.cancelled then
       finish(task, false, CANCELLED) -- cancelled before it ever ran
-    elseif args == nil then
+    elseif args == false then
       finish(task, xpcall(task.fn, on_error))
     elseif args ~= true then
       finish(task, xpcall(task.fn, on_error, unpack(args, 1, args.n)))
     else
-      finish(task, xpcall(task.fn, on_error, task.a1))
+      finish(task, xpcall(task.fn, on_error, task.x1))
     end
     task = yield(DONE)
   end
@@ -415,12 +416,18 @@ local function step(w, task)
   end
 end
 
+-- A task's fields are laid out once, here, so the common life of a task
+-- (spawn, park, wake, finish with one result) never grows its table:
+--   xs, x1  arguments before the task runs (xs = false: none, true: one in
+--           x1, or a packed table), its results after it ends (false: none,
+--           ONE: one in x1, or a packed table)
+--   v1..v3  values handed over by the wake that resumes it
 local function spawn_in(w, fn, n, ...)
-  local task = setmetatable({ fn = fn, world = w, gen = 0, state = "running" }, Task)
+  local task = setmetatable({ fn = fn, world = w, gen = 0, state = "running", co = false, xs = false }, Task)
   if n == 1 then
-    task.args, task.a1 = true, ... -- one argument: no table
+    task.xs, task.x1 = true, ...
   elseif n > 1 then
-    task.args = { n = n, ... }
+    task.xs = { n = n, ... }
   end
   w.alive = w.alive + 1
   push_ready(w, task)
@@ -455,8 +462,8 @@ end
 local function results(task)
   local state = task.state
   if state == "done" then
-    local res = task.res
-    if res == ONE then return true, task.r1 end
+    local res = task.xs
+    if res == ONE then return true, task.x1 end
     if res then return true, unpack(res, 1, res.n) end
     return true
   end
@@ -466,8 +473,10 @@ sched.results = results
 
 function Task:join(timeout)
   if not is_task(self) then error("task:join: call it as a method (task:join())", 2) end
-  self.observed = true
   local state = self.state
+  -- A joined failure is reported to the joiner, not on stderr. (Marking a
+  -- successful task would only grow its table.)
+  if state ~= "done" then self.observed = true end
   if (state == "done" or state == "failed" or state == "cancelled") and timeout == nil then
     return results(self) -- nothing to wait for
   end
@@ -492,7 +501,7 @@ function Task:cancel()
   local s = self.state
   if s == "done" or s == "failed" or s == "cancelled" then return false end
   self.cancelled = true
-  if self.parked then wake(self, self.gen, CANCEL) end
+  if self.state == "waiting" then wake(self, self.gen, CANCEL) end
   return true
 end
 
