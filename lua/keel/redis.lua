@@ -236,6 +236,12 @@ end
 -- Runs a server-side script by SHA, loading it on NOSCRIPT. script is a
 -- table { src = "..." } shared by every client (the sha is cached in it).
 function Client:eval(script, nkeys, ...)
+  local F = "keel.redis: client:eval"
+  if getmetatable(self) ~= Client then bad_self(F, self) end
+  if type(script) ~= "table" or type(script.src) ~= "string" then
+    error(F .. ": argument 'script' must come from keel.redis.script(src) (got " .. tostring(script) .. ")", 2)
+  end
+  check.integer(F, "argument 'nkeys'", nkeys, nil, 0, select("#", ...))
   local sha = script.sha
   if sha then
     local v, err = send(self, self.timeout_ms, "keel.redis: client:eval", "EVALSHA", sha, nkeys, ...)
@@ -269,7 +275,10 @@ function Client:stats()
 end
 
 -- Scripts and helpers for the distributed primitives.
-redis.script = function(src) return { src = src } end
+redis.script = function(src)
+  check.string("keel.redis.script", "argument 'src'", src)
+  return { src = src }
+end
 
 local lazy = { leases = true, queue = true, dedup = true, ratelimit = true, registry = true,
                counter = true, breaker = true }
