@@ -536,7 +536,7 @@ function sched.after(ms, fn, interval)
   -- Relative to the loop's cached time, as libuv and Node do: arming a
   -- million timers costs no clock reads.
   local deadline = w.clock.now_ms + ms
-  local t = setmetatable({ fn = fn, world = w, interval = interval, deadline = deadline }, Timer)
+  local t = setmetatable({ fn = fn, world = w, interval = interval or false, deadline = deadline, id = false }, Timer)
   t.id = arm(w, deadline, t, false)
   return t
 end
@@ -545,7 +545,7 @@ function Timer:stop()
   if getmetatable(self) ~= Timer then error("timer:stop: call it as a method (timer:stop())", 2) end
   if self.id then
     disarm(self.world, self.id)
-    self.id = nil
+    self.id = false
     if self.unrefd then self.world.unrefd = self.world.unrefd - 1 end
     return true
   end
@@ -563,7 +563,7 @@ function Timer:unref()
 end
 
 local function fire_timer(w, t)
-  t.id = nil
+  t.id = false
   if t.interval then
     local now = w.clock.now_ms
     local next_deadline = t.deadline + t.interval

@@ -1,0 +1,17 @@
+-- C-level tests of runtime pieces, compiled against the library under test
+-- (with the sanitizers when that is the ASan build).
+local ctest = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec") .. "/c/ctest.lua")
+
+describe("runtime C tests", function()
+  it("keel_timers matches a brute-force model (order, cancel, count, next)", function()
+    local ok, out = ctest.run("test_timers", "4")
+    assert.is_true(ok, out)
+    assert.matches("%d+ checks, 0 failures", out)
+  end)
+
+  it("breaker, rate limiter, bulkhead and backoff cores pass their C test", function()
+    local ok, out = ctest.run("resilience_test")
+    assert.is_true(ok, out)
+    assert.matches(" 0 failed", out)
+  end)
+end)
