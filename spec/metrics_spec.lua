@@ -1,0 +1,249 @@
+-- keel.metrics(): named primitives' stats by kind and name, held weakly,
+-- and the Prometheus text rendering. Other specs may have registered objects
+-- of their own in this process, so every check looks only at names made here.
+local keel = require "keel"
+local metrics = require "keel.metrics"
+
+local function full_gc()
+  collectgarbage("collect")
+  collectgarbage("collect")
+end
+
+local function names(kind)
+  local out = {}
+  for name in pairs(keel.metrics()[kind] or {}) do out[name] = true end
+  return out
+end
+
+-- A stand-in registered the way primitives register, to reach values no
+-- primitive reports (infinities, NaN, booleans, fractions).
+local function fake(stats)
+  return { stats = function() return stats end }
+end
+
+-- Splits a Prometheus sample line into metric, { label = value } (unescaped)
+-- and the value text; nil if the line is not a well-formed sample.
+local function parse_sample(line)
+  local metric, rest = line:match("^([%a_:][%w_:]*)(.*)$")
+  if not metric then return nil end
+  local labels = {}
+  if rest:sub(1, 1) == "{" then
+    local i = 2
+    while true do
+      local lname, j = rest:match('^([%a_][%w_]*)="()', i)
+      if not lname then return nil end
+      local value, k = {}, j
+      while true do
+        local c = rest:sub(k, k)
+        if c == "" or c == "\n" then return nil end
+        if c == '"' then break end
+        if c == "\\" then
+          local e = rest:sub(k + 1, k + 1)
+          if e == "n" then value[#value + 1] = "\n"
+          elseif e == "\\" or e == '"' then value[#value + 1] = e
+          else return nil end
+          k = k + 2
+        else
+          value[#value + 1] = c
+          k = k + 1
+        end
+      end
+      labels[lname] = table.concat(value)
+      i = k + 1
+      local sep = rest:sub(i, i)
+      if sep == "}" then i = i + 1; break end
+      if sep ~= "," then return nil end
+      i = i + 1
+    end
+    rest = rest:sub(i)
+  end
+  local value = rest:match("^ (%S+)$")
+  if not value then return nil end
+  if not (tonumber(value) or value == "+Inf" or value == "-Inf" or value == "NaN") then return nil end
+  if value:lower():match("^[%+%-]?inf") or value:lower():match("^[%+%-]?nan") then -- C spellings
+    if value ~= "+Inf" and value ~= "-Inf" and value ~= "NaN" then return nil end
+  end
+  return metric, labels, value
+end
+
+-- Checks the whole text and returns { metric = { name = value text } } plus
+-- the label sets: every sample's family has exactly one # TYPE line, right
+-- before the family's samples.
+local function parse_text(text)
+  assert.equal("\n", text:sub(-1))
+  local families, samples, labelsets = {}, {}, {}
+  local current
+  for line in text:gmatch("([^\n]*)\n") do
+    local typed, kind = line:match("^# TYPE ([%a_:][%w_:]*) (%a+)$")
+    if typed then
+      assert.equal("gauge", kind)
+      assert.is_nil(families[typed], "second # TYPE line for " .. typed)
+      families[typed] = true
+      current = typed
+    else
+      local metric, labels, value = parse_sample(line)
+      assert.is_not_nil(metric, "malformed line: " .. line)
+      assert.equal(current, metric, "sample outside its family: " .. line)
+      assert.is_string(labels.name, "sample without a name label: " .. line)
+      samples[metric] = samples[metric] or {}
+      samples[metric][labels.name] = value
+      labelsets[metric] = labelsets[metric] or {}
+      labelsets[metric][labels.name] = labels
+    end
+  end
+  return samples, labelsets
+end
+
+describe("keel.metrics", function()
+  it("reports named primitives' stats grouped by kind and name", function()
+    keel.sim({ seed = 7 }, function()
+      local c = keel.counter { name = "mspec-counter" }
+      c:add(3)
+      local b = keel.breaker { name = "mspec-breaker" }
+      b:record(false, 5)
+      local q = keel.queue { name = "mspec-queue" }
+      q:push("a"); q:push("b")
+      local rl = keel.ratelimit { rate = 10, name = "mspec-rl" }
+      rl:take()
+      local bh = keel.bulkhead { name = "mspec-bh" }
+      local d = keel.dedup { name = "mspec-dedup" }
+      d:seen("x")
+      local l = keel.leases { name = "mspec-leases" }
+      local r = keel.registry { name = "mspec-registry" }
+      local rb = keel.retry_budget { name = "mspec-budget" }
+
+      local snap = keel.metrics()
+      assert.same({ value = 3, shards = 1 }, snap.counter["mspec-counter"])
+      assert.same(b:stats(), snap.breaker["mspec-breaker"])
+      assert.equal("closed", snap.breaker["mspec-breaker"].state)
+      assert.equal(1, snap.breaker["mspec-breaker"].failures)
+      assert.same(q:stats(), snap.queue["mspec-queue"])
+      assert.equal(2, snap.queue["mspec-queue"].ready)
+      assert.same(rl:stats(), snap.ratelimit["mspec-rl"])
+      assert.equal(1, snap.ratelimit["mspec-rl"].allowed)
+      assert.same(bh:stats(), snap.bulkhead["mspec-bh"])
+      assert.same(d:stats(), snap.dedup["mspec-dedup"])
+      assert.same(l:stats(), snap.leases["mspec-leases"])
+      assert.same(r:stats(), snap.registry["mspec-registry"])
+      assert.same(rb:stats(), snap.retry_budget["mspec-budget"])
+
+      -- each call takes a fresh snapshot
+      c:add(1)
+      assert.equal(4, keel.metrics().counter["mspec-counter"].value)
+      assert.equal(3, snap.counter["mspec-counter"].value)
+    end)
+  end)
+
+  it("leaves unnamed primitives out", function()
+    local kinds = { "counter", "breaker", "queue", "ratelimit", "bulkhead", "dedup", "leases", "registry",
+                    "retry_budget" }
+    local before = {}
+    for _, k in ipairs(kinds) do before[k] = names(k) end
+    local keep = {
+      keel.counter(), keel.breaker(), keel.queue(), keel.ratelimit { rate = 1 }, keel.bulkhead(),
+      keel.dedup(), keel.leases(), keel.registry(), keel.retry_budget(),
+    }
+    for _, k in ipairs(kinds) do assert.same(before[k], names(k)) end
+    assert.equal(9, #keep)
+  end)
+
+  it("holds objects weakly: a dropped primitive disappears after a collection", function()
+    local function make()
+      keel.counter { name = "mspec-weak" }
+      keel.breaker { name = "mspec-weak" }
+      keel.queue { name = "mspec-weak" }
+      keel.ratelimit { rate = 1, name = "mspec-weak" }
+    end
+    make()
+    local kept = keel.counter { name = "mspec-kept" }
+    full_gc()
+    local snap = keel.metrics()
+    for _, kind in ipairs { "counter", "breaker", "queue", "ratelimit" } do
+      assert.is_nil((snap[kind] or {})["mspec-weak"], kind .. " still reported")
+    end
+    assert.is_table(snap.counter["mspec-kept"])
+    assert.not_matches('name="mspec%-weak"', keel.metrics("prometheus"))
+    assert.equal(0, kept:value())
+  end)
+
+  it("reports the later of two live objects sharing a kind and name, the earlier once it is dropped", function()
+    local first = keel.counter { name = "mspec-dup" }
+    first:add(1)
+    local second = keel.counter { name = "mspec-dup" }
+    second:add(2)
+    assert.equal(2, keel.metrics().counter["mspec-dup"].value)
+    second = nil -- luacheck: ignore
+    full_gc()
+    assert.equal(1, keel.metrics().counter["mspec-dup"].value)
+    assert.equal(1, first:value())
+  end)
+
+  it("renders valid Prometheus text", function()
+    local c = keel.counter { name = "mspec-prom" }
+    c:add(41); c:add()
+    local b = keel.breaker { name = "mspec-prom" }
+    b:force("forced_open")
+    local q = keel.queue { name = "mspec-prom" }
+    q:push(1)
+    local text = keel.metrics("prometheus")
+    assert.is_string(text)
+    local samples, labelsets = parse_text(text)
+    assert.equal("42", samples.keel_counter_value["mspec-prom"])
+    assert.equal("1", samples.keel_counter_shards["mspec-prom"])
+    assert.equal("1", samples.keel_queue_ready["mspec-prom"])
+    assert.equal("10000", samples.keel_queue_capacity["mspec-prom"])
+    -- a string stat is a label on a sample of value 1
+    assert.equal("1", samples.keel_breaker_state["mspec-prom"])
+    assert.same({ name = "mspec-prom", state = "forced_open" }, labelsets.keel_breaker_state["mspec-prom"])
+    assert.matches('\nkeel_breaker_state{name="mspec%-prom",state="forced_open"} 1\n', text)
+    assert.matches("\n# TYPE keel_counter_value gauge\n", text, 1, true)
+    -- every field of every stats table is rendered
+    for field in pairs(q:stats()) do
+      assert.is_string(samples["keel_queue_" .. field]["mspec-prom"], field)
+    end
+    assert.not_nil(b)
+  end)
+
+  it("escapes quotes, backslashes and newlines in label values", function()
+    local name = 'a "quoted"\\back\nslash'
+    local c = keel.counter { name = name }
+    c:add(7)
+    local text = keel.metrics("prometheus")
+    assert.matches('keel_counter_value{name="a \\"quoted\\"\\\\back\\nslash"} 7\n', text, 1, true)
+    local samples = parse_text(text)
+    assert.equal("7", samples.keel_counter_value[name]) -- unescapes back to the name
+    local h = metrics
+    local obj = fake { phase = 'x"y\\z\nw' }
+    h.register("mspec_fake", "esc", obj)
+    local _, labelsets = parse_text(keel.metrics("prometheus"))
+    assert.equal('x"y\\z\nw', labelsets.keel_mspec_fake_phase.esc.phase)
+  end)
+
+  it("writes numbers the way Prometheus reads them", function()
+    local obj = fake { inf = math.huge, ninf = -math.huge, nan = 0 / 0, tenth = 0.1, third = 1 / 3,
+                       big = 2 ^ 53, neg = -5, on = true, off = false }
+    metrics.register("mspec_num", "n", obj)
+    local samples = parse_text(keel.metrics("prometheus"))
+    assert.equal("+Inf", samples.keel_mspec_num_inf.n)
+    assert.equal("-Inf", samples.keel_mspec_num_ninf.n)
+    assert.equal("NaN", samples.keel_mspec_num_nan.n)
+    assert.equal("0.1", samples.keel_mspec_num_tenth.n)
+    assert.equal(1 / 3, tonumber(samples.keel_mspec_num_third.n))
+    assert.equal(2 ^ 53, tonumber(samples.keel_mspec_num_big.n))
+    assert.equal("-5", samples.keel_mspec_num_neg.n)
+    assert.equal("1", samples.keel_mspec_num_on.n)
+    assert.equal("0", samples.keel_mspec_num_off.n)
+    -- the plain form keeps the values as they are
+    assert.equal(math.huge, keel.metrics().mspec_num.n.inf)
+  end)
+
+  it("raises an error naming keel.metrics for any other format", function()
+    for _, bad in ipairs { "json", "Prometheus", 1, true, {} } do
+      local ok, err = pcall(keel.metrics, bad)
+      assert.is_false(ok)
+      assert.matches("keel.metrics: argument 'format' must be nil or \"prometheus\"", err, 1, true)
+    end
+    local _, err = pcall(keel.metrics, "json")
+    assert.matches('(got "json")', err, 1, true)
+  end)
+end)
