@@ -183,7 +183,9 @@ static void update_ref(keel_redis_t *r) {
     int busy = !r->closing && (r->pending > 0);
     if (r->ac && r->ac->ev.data) {
         uv_events_t *p = r->ac->ev.data;
-        if (busy || r->state == KEEL_REDIS_S_CONNECTING) uv_ref((uv_handle_t *)&p->handle);
+        /* an idle client, even one reconnecting, never keeps a finished
+         * program alive */
+        if (busy) uv_ref((uv_handle_t *)&p->handle);
         else uv_unref((uv_handle_t *)&p->handle);
     }
 }
@@ -446,7 +448,7 @@ static void arm_deadline_timer(keel_redis_t *r) {
     if (wait < 1) wait = 1;
     uv_timer_start(&r->deadline_timer, deadline_cb, (uint64_t)(wait + 0.999), 0);
     uv_unref((uv_handle_t *)&r->deadline_timer);
-    if (r->pending > 0 || r->state == KEEL_REDIS_S_CONNECTING) uv_ref((uv_handle_t *)&r->deadline_timer);
+    if (r->pending > 0) uv_ref((uv_handle_t *)&r->deadline_timer);
 }
 
 static void drop_connection(keel_redis_t *r, const char *why) {
