@@ -222,6 +222,24 @@ describe("keel CLI", function()
       assert.matches("keel: deadlock: 1 task%(s%) are waiting and nothing can wake them", err)
     end)
 
+    it("a task that only an unref'd timer could wake is a deadlock, in real and virtual time", function()
+      local src = [[
+        local keel = require "keel"
+        local ch = keel.channel(0)
+        keel.every(5, function() end):unref()
+        ch:recv()
+      ]]
+      for _, flags in ipairs({ {}, { "--sim", "3" } }) do
+        local argv = {}
+        for _, f in ipairs(flags) do argv[#argv + 1] = f end
+        argv[#argv + 1] = "-e"
+        argv[#argv + 1] = src
+        local code, _, err = proc.run(argv, { prefix = "timeout -s KILL 5" })
+        assert.equal(1, code)
+        assert.matches("keel: deadlock: 1 task", err)
+      end
+    end)
+
     it("a deadlock among helper tasks after main returned is detected too", function()
       local code, _, err = proc.eval([[
         local keel = require "keel"

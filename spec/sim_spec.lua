@@ -197,6 +197,18 @@ describe("keel.sim", function()
       assert.is_true(ok)
     end)
 
+    it("unref'd timers do not count as a way out of a deadlock (same as real time)", function()
+      local ticks = 0
+      local ok, err = pcall(keel.sim, { seed = 1 }, function()
+        keel.every(10, function() ticks = ticks + 1 end):unref()
+        keel.sleep(25)
+        keel.channel(0):recv()
+      end)
+      assert.is_false(ok)
+      assert.matches("keel.sim: deadlock: 1 task", err)
+      assert.equal(2, ticks)
+    end)
+
     it("a task waiting on real I/O inside a simulation is reported", function()
       local ok, err = pcall(keel.sim, { seed = 1 }, function()
         local id = sched.completion("fake.io")

@@ -655,9 +655,10 @@ function sched.tick(w)
     if w.virtual and w.nready == 0 and w.pending == 0 and not w.exit_code then
       local nxt = C.keel_timers_next(timers)
       if nxt < 0 then break end
-      -- Only unref'd timers left and no task alive: the world is done; jumping
-      -- on would tick an unref'd keel.every forever.
-      if w.alive == 0 and C.keel_timers_count(timers) - w.unrefd <= 0 then break end
+      -- Only unref'd timers left: like real time, the world is done (no task
+      -- alive) or stuck (tasks wait, and unref'd timers do not count as a
+      -- way to wake them). Jumping on would tick an unref'd keel.every forever.
+      if C.keel_timers_count(timers) - w.unrefd <= 0 then break end
       C.keel_clock_advance_to(clock, nxt)
       fire_expired(w)
       budget = budget - 1
@@ -671,11 +672,9 @@ function sched.tick(w)
   local nxt = C.keel_timers_next(timers)
   if w.exit_code then return sched.EXIT, nxt end
   if w.nready > 0 then return sched.READY, nxt end
-  local count = C.keel_timers_count(timers)
-  if w.alive == 0 and count - w.unrefd <= 0 then return sched.DONE, nxt end
-  -- Live tasks with no timer at all (an unref'd one may still wake them, as
-  -- it does in virtual time) and no I/O in flight can never run again.
-  if count <= 0 and w.pending == 0 then return sched.STUCK, nxt end
+  local armed = C.keel_timers_count(timers) - w.unrefd
+  if w.alive == 0 and armed <= 0 then return sched.DONE, nxt end
+  if armed <= 0 and w.pending == 0 then return sched.STUCK, nxt end
   return sched.WAITING, nxt
 end
 
