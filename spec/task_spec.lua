@@ -562,6 +562,38 @@ describe("keel.timeout", function()
   end)
 end)
 
+describe("keel.on_event", function()
+  -- boot.event is what the host's keel_post delivers through.
+  local boot = require "keel.boot"
+
+  it("runs the handler as a task with (payload, name)", function()
+    local got
+    keel.on_event("spec.ping", function(payload, name)
+      keel.sleep(1) -- a task: it may wait
+      got = { payload, name, keel.current() ~= nil }
+    end)
+    boot.event("spec.ping", "data\0bytes")
+    assert.is_nil(got)
+    keel.sleep(5)
+    assert.same({ "data\0bytes", "spec.ping", true }, got)
+  end)
+
+  it("a later registration replaces the handler; nil removes it", function()
+    local log = {}
+    keel.on_event("spec.swap", function() log[#log + 1] = "old" end)
+    keel.on_event("spec.swap", function() log[#log + 1] = "new" end)
+    boot.event("spec.swap", "")
+    keel.sleep(0)
+    assert.same({ "new" }, log)
+    keel.on_event("spec.swap", nil)
+    local code, _, err = proc.eval([[
+      require("keel.boot").event("nobody.listens", "x")
+    ]])
+    assert.equal(0, code)
+    assert.matches("event 'nobody.listens' has no handler", err)
+  end)
+end)
+
 describe("bad arguments", function()
   local f = function() end
   local cases = {
