@@ -81,10 +81,14 @@ if #out == 0 and not reclaimed then reclaim() end
 return {out, dead}
 ]]
 
-local ACK = redis.script [[
-local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-return n
+-- ARGV: group, id... -> { 1 | 0 per id }
+local ACK_EACH = redis.script [[
+local out = {}
+for i = 2, #ARGV do
+  out[i - 1] = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+return out
 ]]
 
 -- ARGV: group, id... -> acked count
@@ -413,6 +417,13 @@ local function flush_acks(self)
   self.flushed:wake_all()
 end
 
+local function send_acks(self, b)
+  if self.abatch == b then self.abatch = nil end
+  b.r, b.err = self.redis:eval(ACK_EACH, 1, self.stream, self.group, unpack(b.ids))
+  b.done = true
+  b.q:wake_all()
+end
+
 -- ack(msg [, {wait = false}]) -> true | nil, "unknown" | nil, "conn: ..."
 -- With wait = false the ack is queued and sent with others in one round
 -- trip; true then means "queued": if it cannot be delivered the message is
@@ -434,9 +445,23 @@ function Queue:ack(msg, opts)
     elseif #a > 100 * ACK_BATCH then self:flush() end -- bounded: the producer waits
     return true
   end
-  local n, err = self.redis:eval(ACK, 1, self.stream, self.group, msg.id)
-  if not n then self.st.errors = self.st.errors + 1; return nil, err end
-  if n == 0 then return nil, "unknown" end
+  -- acks waited for by several tasks in one turn share one script call
+  sched.need_task(F, 2)
+  local b = self.abatch
+  if not b then
+    b = { ids = {}, q = sched.waitqueue() }
+    self.abatch = b
+    sched.spawn(send_acks, self, b)
+  end
+  local i = #b.ids + 1
+  b.ids[i] = msg.id
+  if i >= ACK_BATCH then self.abatch = nil end
+  if not b.done then b.q:wait(nil, F) end
+  if not b.r then
+    self.st.errors = self.st.errors + 1
+    return nil, b.err
+  end
+  if b.r[i] ~= 1 then return nil, "unknown" end
   self.st.acked = self.st.acked + 1
   return true
 end
