@@ -36,7 +36,9 @@ local function worker(name)
   end
 end
 
+local finished = false
 local progress = keel.every(100, function()
+  if finished then return end
   print(string.format("%s  progress: %d/%d charged, %d waiting in the channel", ms(), charged, ORDERS, #orders))
 end)
 
@@ -47,6 +49,7 @@ local ok = keel.timeout(DEADLINE_MS, function()
   keel.defer(function() for _, t in ipairs(tasks) do t:cancel() end end)
   for _, t in ipairs(tasks) do assert(t:join()) end
 end)
+finished = true
 progress:stop()
 
 print(string.rep("-", 60))

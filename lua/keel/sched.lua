@@ -10,7 +10,6 @@ local ffi = require "ffi"
 local C = require "keel.ffi.core"
 
 local cocreate, coresume, yield = coroutine.create, coroutine.resume, coroutine.yield
-local corunning = coroutine.running
 local select, type, tostring, setmetatable, error, pcall, xpcall =
   select, type, tostring, setmetatable, error, pcall, xpcall
 local traceback = debug.traceback
@@ -124,7 +123,7 @@ local function need_task(fname, level)
   end
   -- A yield from a plain coroutine inside the task would park the task while
   -- it keeps running, and the later wake-up would resume the wrong coroutine.
-  if corunning() ~= task.co then
+  if task.nested then
     error((fname or "keel") .. ": must be called from the task itself, not from a coroutine it created",
       (level or 2) + 1)
   end
@@ -132,6 +131,37 @@ local function need_task(fname, level)
   return task
 end
 sched.need_task = need_task
+
+-- need_task must know whether the task is running a coroutine of its own.
+-- Asking coroutine.running() on every wait would do, but it is a C call at
+-- the deepest point of every parked stack and makes each one grow to twice
+-- its size; instead the task counts the coroutines it is inside, through
+-- these replacements of coroutine.resume and coroutine.wrap.
+local raw_resume = coroutine.resume
+
+local function leave_nested(task, depth, ...)
+  task.nested = depth > 0 and depth or nil
+  return ...
+end
+
+local function nested_resume(co, ...)
+  local task = W and W.current
+  if not task then return raw_resume(co, ...) end
+  local depth = task.nested or 0
+  task.nested = depth + 1
+  return leave_nested(task, depth, raw_resume(co, ...))
+end
+
+local function unwrap(ok, ...)
+  if not ok then error((...), 0) end
+  return ...
+end
+
+coroutine.resume = nested_resume -- luacheck: ignore 122
+coroutine.wrap = function(fn) -- luacheck: ignore 122
+  local co = cocreate(fn)
+  return function(...) return unwrap(nested_resume(co, ...)) end
+end
 
 local function check_timeout(fname, timeout)
   if timeout == nil then return nil end
