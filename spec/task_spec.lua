@@ -439,6 +439,19 @@ describe("keel.all", function()
     end)
   end)
 
+  it("handles thousands of functions, and refuses more than it can return", function()
+    local fns = {}
+    for i = 1, 7000 do fns[i] = function() keel.sleep(1) return i end end
+    local r = { keel.all(fns) }
+    assert.equal(7000, #r)
+    assert.equal(1234, r[1234])
+    local ran = false
+    fns[7001] = function() ran = true end
+    assert.matches("keel.all: at most 7000 functions %(got 7001%)", errmsg(keel.all, fns))
+    keel.sleep(0)
+    assert.is_false(ran)
+  end)
+
   it("cancelling the caller cancels every child", function()
     sim(function()
       local done = 0

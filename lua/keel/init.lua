@@ -116,10 +116,17 @@ end
 -- Runs every function as a task and waits for them all. Returns the first
 -- result of each, in order. The first error (in time) cancels the rest and
 -- is raised.
+-- Results come back as multiple values, which Lua caps (unpack stops below
+-- 8000): refuse up front rather than run everything and lose the results.
+local ALL_MAX = 7000
+
 function keel.all(fns)
   check_fns("keel.all", fns)
   local n = #fns
   if n == 0 then return end
+  if n > ALL_MAX then
+    error(string.format("keel.all: at most %d functions (got %d): results are returned as values", ALL_MAX, n), 2)
+  end
   local q = sched.waitqueue()
   local tasks, failed = {}, nil
   local remaining = n
