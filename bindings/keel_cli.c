@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const char USAGE[] =
@@ -80,6 +81,8 @@ int main(int argc, char **argv) {
         if (i >= argc) return usage_error("%s", "no script given");
         script = argv[i++];
         if (access(script, R_OK) != 0) return usage_error("cannot read script '%s'", script);
+        struct stat sb;
+        if (stat(script, &sb) == 0 && S_ISDIR(sb.st_mode)) return usage_error("script '%s' is a directory", script);
     }
 
     keel_options opts = { .sim = sim, .seed = seed, .run_to_completion = 1 };

@@ -102,6 +102,24 @@ describe("keel CLI", function()
       assert.matches("cannot read script '/nonexistent/dir/nope.lua'", err)
     end)
 
+    it("2 for a directory given as the script", function()
+      local code, _, err = proc.run({ "/tmp" })
+      assert.equal(2, code)
+      assert.matches("script '/tmp' is a directory", err)
+    end)
+
+    it("1 when the main task fails, even with other tasks still alive", function()
+      local code, out, err = proc.eval([[
+        local keel = require "keel"
+        keel.spawn(function() keel.sleep(60000) io.write("never") end)
+        keel.sleep(1)
+        error("main died")
+      ]])
+      assert.equal(1, code)
+      assert.equal("", out)
+      assert.matches("%(command line%):4: main died", err)
+    end)
+
     it("2 when no script is given", function()
       local code, _, err = proc.run({})
       assert.equal(2, code)
