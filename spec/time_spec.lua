@@ -254,6 +254,24 @@ describe("keel.every", function()
     assert.is_true(fired)
   end)
 
+  it("keeps ticking after a callback fails; each failure is reported", function()
+    local proc = require "keelproc"
+    local code, out, err = proc.run({ "--sim", "1", "-e", [[
+      local keel = require "keel"
+      local n = 0
+      local tm
+      tm = keel.every(10, function()
+        n = n + 1
+        if n == 3 then tm:stop() io.write(keel.now()) end
+        if n < 3 then error("tick " .. n .. " failed") end
+      end)
+    ]] })
+    assert.equal(0, code)
+    assert.equal("30", out)
+    assert.matches("tick 1 failed", err)
+    assert.matches("tick 2 failed", err)
+  end)
+
   it("rejects zero, negative and non-number intervals", function()
     local f = function() end
     assert.matches("keel.every: argument 'ms' must be a number > 0", errmsg(keel.every, 0, f))
