@@ -215,6 +215,20 @@ describe("keel.every", function()
     end)
   end)
 
+  it("after a stall, missed ticks are dropped once and the grid is kept", function()
+    local C = require "keel.ffi.core"
+    local sched = require "keel.sched"
+    sim(function()
+      local ticks = {}
+      local tm = keel.every(10, function() ticks[#ticks + 1] = keel.now() end)
+      -- White-box: the loop was busy for 35 ms (time moved, nothing ran).
+      C.keel_clock_advance_to(sched.world().clock, 35)
+      keel.sleep(30)
+      tm:stop()
+      assert.same({ 35, 40, 50, 60 }, ticks)
+    end)
+  end)
+
   it("callbacks that outlast the interval overlap rather than delay the grid", function()
     sim(function()
       local starts, running, max_running = {}, 0, 0

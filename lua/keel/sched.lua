@@ -597,7 +597,12 @@ local function fire_timer(w, t)
   if t.interval then
     local now = w.clock.now_ms
     local next_deadline = t.deadline + t.interval
-    if next_deadline <= now then next_deadline = now + t.interval end
+    if next_deadline <= now then
+      -- Late (the loop was busy): drop the missed ticks but stay on the
+      -- t0 + k*interval grid, so one stall does not shift every later tick.
+      next_deadline = t.deadline + (math.floor((now - t.deadline) / t.interval) + 1) * t.interval
+      if next_deadline <= now then next_deadline = next_deadline + t.interval end
+    end
     t.deadline = next_deadline
     t.id = arm(w, next_deadline, t, false)
   elseif t.unrefd then
