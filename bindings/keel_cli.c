@@ -89,14 +89,9 @@ int main(int argc, char **argv) {
     keel_runtime *rt = keel_new(&opts);
     if (!rt) return 1;
 
-    int rc = code ? keel_load_string(rt, code, "=(command line)")
-                  : keel_load_file(rt, script, argc - i, argv + i);
-    if (rc != 0) {
-        fprintf(stderr, "keel: %s\n", keel_error(rt));
-        keel_free(rt);
-        return 1;
-    }
-
+    /* Signals are caught before the script loads: loading runs its top level
+     * up to the first wait, and a signal meanwhile must not kill the process
+     * with the default action (losing buffered output and the handlers). */
     cli_state st = { .rt = rt };
     uv_loop_t *loop = keel_loop(rt);
     uv_signal_init(loop, &st.sigint);
@@ -106,6 +101,16 @@ int main(int argc, char **argv) {
     uv_signal_start(&st.sigterm, on_signal, SIGTERM);
     uv_unref((uv_handle_t *)&st.sigint);
     uv_unref((uv_handle_t *)&st.sigterm);
+
+    int rc = code ? keel_load_string(rt, code, "=(command line)")
+                  : keel_load_file(rt, script, argc - i, argv + i);
+    if (rc != 0) {
+        fprintf(stderr, "keel: %s\n", keel_error(rt));
+        uv_close((uv_handle_t *)&st.sigint, NULL);
+        uv_close((uv_handle_t *)&st.sigterm, NULL);
+        keel_free(rt);
+        return 1;
+    }
 
     int exit_code = keel_run(rt);
     uv_close((uv_handle_t *)&st.sigint, NULL);

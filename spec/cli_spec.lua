@@ -350,11 +350,12 @@ describe("keel CLI", function()
       assert.matches("a;", out)
     end)
 
-    it("without handlers the signal exits at once", function()
-      local code, out = with_signals('io.write("ready") io.stdout:flush() require("keel").sleep(60000)',
+    it("without handlers the signal exits at once, flushing buffered output", function()
+      local code, out = with_signals(
+        'io.write("ready") io.stdout:flush() io.write(";buffered") require("keel").sleep(60000)',
         { { signal = "TERM" } })
       assert.equal(143, code)
-      assert.equal("ready", out)
+      assert.equal("ready;buffered", out)
     end)
 
     it("a handler past its deadline is abandoned and reported", function()
