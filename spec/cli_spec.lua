@@ -120,6 +120,17 @@ describe("keel CLI", function()
       assert.matches("%(command line%):4: main died", err)
     end)
 
+    it("1 with a message when the main task is cancelled", function()
+      local code, _, err = proc.eval([[
+        local keel = require "keel"
+        local main = keel.current()
+        keel.spawn(function() main:cancel() end)
+        keel.sleep(60000)
+      ]])
+      assert.equal(1, code)
+      assert.matches("keel: the main task was cancelled", err)
+    end)
+
     it("2 when no script is given", function()
       local code, _, err = proc.run({})
       assert.equal(2, code)

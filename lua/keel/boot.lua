@@ -29,6 +29,8 @@ function boot.start_main(chunk, ...)
       sched.report(err)
       if not w.exit_code then sched.request_exit(w, 1) end
     elseif task.state == "cancelled" and not w.exit_code then
+      -- Exit 1 says "error": say which, or the failure is silent.
+      sched.report("keel: the main task was cancelled")
       sched.request_exit(w, 1)
     end
   end)
