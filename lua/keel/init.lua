@@ -204,9 +204,18 @@ end
 function keel.sim(opts, fn, ...)
   if type(opts) == "function" then return keel.sim({}, opts, fn, ...) end
   opts = check.opts("keel.sim", opts)
+  for k in pairs(opts) do
+    if k ~= "seed" and k ~= "epoch_ms" and k ~= 1 then
+      error(string.format("keel.sim: unknown option '%s'", tostring(k)), 2)
+    end
+  end
   if fn == nil then fn = opts[1] end
   check.func("keel.sim", "argument 'fn'", fn)
   local seed = check.integer("keel.sim", "option 'seed'", opts.seed, 1, 0)
+  if seed > 2 ^ 53 then
+    error(string.format("keel.sim: option 'seed' must be an integer in [0, 2^53] (got %.17g)", seed), 2)
+  end
+  check.number("keel.sim", "option 'epoch_ms'", opts.epoch_ms, 0)
   local w = sched.new_world({ virtual = true, seed = seed, epoch_ms = opts.epoch_ms })
   local prev = sched.set_world(w)
   local r = { n = 0 }
