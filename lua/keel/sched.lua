@@ -733,7 +733,7 @@ function sched.run_nested(w, fn, ...)
     end
     if state == sched.STUCK then
       local n = w.alive
-      -- Cancel the stranded tasks so their cleanup runs before we give up.
+      -- The stranded tasks stay parked (their cleanup does not run): the world is abandoned.
       error(string.format("keel.sim: deadlock: %d task(s) wait forever with no timer to wake them", n), 0)
     end
     if state == sched.WAITING and w.pending > 0 then
