@@ -27,6 +27,14 @@ local function port_busy(port)
   return sh(string.format(probe, port)):find("busy") ~= nil
 end
 
+local function my_pid()
+  local f = io.open("/proc/self/stat")
+  if not f then return nil end
+  local pid = (f:read("*l") or ""):match("^(%d+)")
+  f:close()
+  return pid
+end
+
 local function pick_port()
   -- derive from our pid so parallel runs rarely collide, then probe
   local pid = tonumber(sh("echo $PPID")) or os.time()
@@ -44,6 +52,13 @@ function Server:launch()
     "--dir %s %s > %s/log 2>&1 & echo $!", self.port, dir, self.extra or "", dir)
   self.pid = tonumber(sh(cmd))
   started[self] = true
+  -- a watchdog stops the server if this process dies without cleaning up
+  -- (killed, crashed), so no orphan servers pile up
+  local me = my_pid()
+  if me and self.pid then
+    os.execute(string.format("(while kill -0 %s && kill -0 %d; do sleep 1; done; kill -9 %d) " ..
+      ">/dev/null 2>&1 &", me, self.pid, self.pid))
+  end
   for _ = 1, 200 do
     local pong = sh(string.format("redis-cli -p %d %s ping 2>/dev/null", self.port,
       self.password and ("-a " .. self.password .. " --no-auth-warning") or ""))
