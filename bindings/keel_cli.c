@@ -24,19 +24,35 @@ static int usage_error(const char *fmt, const char *what) {
     return 2;
 }
 
-typedef struct {
-    keel_runtime *rt;
-    int signals_seen;
-    uv_signal_t sigint, sigterm;
-} cli_state;
+/* Signals are handled with a plain sigaction handler rather than libuv's
+ * signal watchers: those only run when the loop polls, so a script stuck in
+ * a long computation could not be interrupted at all. The handler does only
+ * async-signal-safe things: the first signal wakes the loop (uv_async_send
+ * is async-signal-safe) to run the graceful shutdown; a second one exits at
+ * once, whatever the loop is doing. This state is the program's, not the
+ * library's: a signal handler has nowhere else to find it. */
+static uv_async_t *volatile shutdown_async;
+static volatile sig_atomic_t signals_seen, first_signal;
 
-static void on_signal(uv_signal_t *h, int signum) {
-    cli_state *st = h->data;
-    if (st->signals_seen++ > 0) {
-        /* A second signal means "now": no more graceful shutdown. */
-        _exit(128 + signum);
-    }
-    keel_shutdown(st->rt, 128 + signum);
+static void on_signal(int signum) {
+    if (signals_seen++ > 0) _exit(128 + signum);
+    first_signal = signum;
+    uv_async_t *a = shutdown_async;
+    if (a) uv_async_send(a);
+}
+
+static void on_shutdown_async(uv_async_t *h) {
+    keel_shutdown(h->data, 128 + first_signal);
+}
+
+static void catch_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 static int parse_seed(const char *s, uint64_t *out) {
@@ -92,29 +108,28 @@ int main(int argc, char **argv) {
     /* Signals are caught before the script loads: loading runs its top level
      * up to the first wait, and a signal meanwhile must not kill the process
      * with the default action (losing buffered output and the handlers). */
-    cli_state st = { .rt = rt };
-    uv_loop_t *loop = keel_loop(rt);
-    uv_signal_init(loop, &st.sigint);
-    uv_signal_init(loop, &st.sigterm);
-    st.sigint.data = st.sigterm.data = &st;
-    uv_signal_start(&st.sigint, on_signal, SIGINT);
-    uv_signal_start(&st.sigterm, on_signal, SIGTERM);
-    uv_unref((uv_handle_t *)&st.sigint);
-    uv_unref((uv_handle_t *)&st.sigterm);
+    static uv_async_t async;
+    uv_async_init(keel_loop(rt), &async, on_shutdown_async);
+    async.data = rt;
+    uv_unref((uv_handle_t *)&async);
+    shutdown_async = &async;
+    catch_signals();
+    /* A signal that arrived before the loop could hear it is not lost. */
+    if (signals_seen) uv_async_send(&async);
 
     int rc = code ? keel_load_string(rt, code, "=(command line)")
                   : keel_load_file(rt, script, argc - i, argv + i);
     if (rc != 0) {
         fprintf(stderr, "keel: %s\n", keel_error(rt));
-        uv_close((uv_handle_t *)&st.sigint, NULL);
-        uv_close((uv_handle_t *)&st.sigterm, NULL);
+        shutdown_async = NULL;
+        uv_close((uv_handle_t *)&async, NULL);
         keel_free(rt);
         return 1;
     }
 
     int exit_code = keel_run(rt);
-    uv_close((uv_handle_t *)&st.sigint, NULL);
-    uv_close((uv_handle_t *)&st.sigterm, NULL);
+    shutdown_async = NULL;
+    uv_close((uv_handle_t *)&async, NULL);
     fflush(stdout);
     keel_free(rt);
     return exit_code;

@@ -143,7 +143,11 @@ describe("keel.metrics", function()
       keel.counter(), keel.breaker(), keel.queue(), keel.ratelimit { rate = 1 }, keel.bulkhead(),
       keel.dedup(), keel.leases(), keel.registry(), keel.retry_budget(),
     }
-    for _, k in ipairs(kinds) do assert.same(before[k], names(k)) end
+    -- Nothing new appears. (Named objects left by earlier specs may be
+    -- collected meanwhile: the registry holds them weakly.)
+    for _, k in ipairs(kinds) do
+      for name in pairs(names(k)) do assert.is_true(before[k][name], k .. " " .. name) end
+    end
     assert.equal(9, #keep)
   end)
 

@@ -684,9 +684,9 @@ function sched.tick(w)
   local clock, timers = w.clock, w.timers
   C.keel_clock_update(clock)
   fire_expired(w)
-  local budget = TICK_BUDGET
+  local budget = TICK_BUDGET -- virtual-time jumps per tick
   while true do
-    run_ready(w, budget)
+    run_ready(w, TICK_BUDGET)
     if w.virtual and w.nready == 0 and w.pending == 0 and not w.exit_code then
       local nxt = C.keel_timers_next(timers)
       if nxt < 0 then break end
@@ -694,10 +694,12 @@ function sched.tick(w)
       -- alive) or stuck (tasks wait, and unref'd timers do not count as a
       -- way to wake them). Jumping on would tick an unref'd keel.every forever.
       if C.keel_timers_count(timers) - w.unrefd <= 0 then break end
+      -- Out of budget: stop before jumping, so the host sees the world with
+      -- nothing runnable (a keel.sim whose tasks are done can end there).
+      if budget <= 0 then break end
       C.keel_clock_advance_to(clock, nxt)
       fire_expired(w)
       budget = budget - 1
-      if budget <= 0 then break end
     else
       break
     end
