@@ -382,6 +382,13 @@ describe("keel CLI", function()
       assert.matches("shutdown handler failed: .*handler broke", err)
     end)
 
+    it("a second signal ends a script that never yields to the loop", function()
+      local code, out = with_signals('io.write("ready") io.stdout:flush() while true do end',
+        { { signal = "TERM" }, { signal = "TERM" } })
+      assert.equal(143, code)
+      assert.equal("ready", out)
+    end)
+
     it("a second signal exits at once, without waiting for the handlers", function()
       local code, out = with_signals(handler_script(nil, "keel.sleep(60000)"), {
         { signal = "TERM" }, { wait_for = "handler started" }, { signal = "TERM" },
