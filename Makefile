@@ -62,14 +62,18 @@ deps:
 run: .deps-ok all
 	$(BUILD)/keel examples/pipeline.lua
 
+# A hung spec must fail the run, not stall CI: the whole suite takes well
+# under a minute.
+SUITE_TIMEOUT = timeout --kill-after=30 1200
+
 test: .deps-ok all
-	$(BUILD)/keel spec/run.lua
+	$(SUITE_TIMEOUT) $(BUILD)/keel spec/run.lua
 
 asan: .deps-ok
 	$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  KEEL_BIN=build-asan/keel build-asan/keel spec/run.lua
+	  KEEL_BIN=build-asan/keel $(SUITE_TIMEOUT) build-asan/keel spec/run.lua
 
 lint: .deps-ok
 	luacheck --quiet lua spec bench examples bindings/lua
