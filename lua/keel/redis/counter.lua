@@ -51,11 +51,10 @@ function Counter:add(n)
   return v
 end
 
--- value() -> sum of every shard | nil, err
-function Counter:value()
-  common.self("counter:value", self, Counter)
+-- Runs cmd on every shard in one round trip and sums the replies.
+local function sum_shards(self, cmd)
   local r, err = self.redis:pipeline(function(p)
-    for i = 1, self.shards do p:call("GET", self.keys[i]) end
+    for i = 1, self.shards do p:call(cmd, self.keys[i]) end
   end)
   if not r then return nil, err end
   local sum = 0
@@ -63,16 +62,16 @@ function Counter:value()
   return sum
 end
 
+-- value() -> sum of every shard | nil, err
+function Counter:value()
+  common.self("counter:value", self, Counter)
+  return sum_shards(self, "GET")
+end
+
 -- reset() -> the value it held (read and zeroed per shard with GETDEL) | nil, err
 function Counter:reset()
   common.self("counter:reset", self, Counter)
-  local r, err = self.redis:pipeline(function(p)
-    for i = 1, self.shards do p:call("GETDEL", self.keys[i]) end
-  end)
-  if not r then return nil, err end
-  local sum = 0
-  for i = 1, self.shards do sum = sum + (tonumber(r[i]) or 0) end
-  return sum
+  return sum_shards(self, "GETDEL")
 end
 
 function Counter:stats()
