@@ -31,7 +31,7 @@ local function prototypes(src)
     for p in (params .. ","):gmatch("%s*(.-)%s*,") do
       -- drop the parameter name: the last identifier, unless it is the type itself
       local t = p:gsub("%s+", " ")
-      local without = t:gsub("[%s%*]([%w_]+)$", function(id) return id == "void" and " void" or "" end)
+      local without = t:gsub("([%s%*])([%w_]+)$", function(sep) return sep == "*" and "*" or "" end)
       if t:find("[%s%*][%w_]+$") and not t:match("^%s*[%w_]+%s*$") then t = without end
       types[#types + 1] = (t:gsub("%s*%*%s*", "*"):gsub("^%s+", ""):gsub("%s+$", ""))
     end
