@@ -10,8 +10,8 @@ local ffi = require "ffi"
 local C = require "keel.ffi.core"
 
 local cocreate, coresume, yield = coroutine.create, coroutine.resume, coroutine.yield
-local select, type, tostring, setmetatable, error, pcall, xpcall =
-  select, type, tostring, setmetatable, error, pcall, xpcall
+local select, type, tostring, setmetatable, error, xpcall =
+  select, type, tostring, setmetatable, error, xpcall
 local traceback = debug.traceback
 local unpack = unpack or table.unpack
 
@@ -127,7 +127,7 @@ local function need_task(fname, level)
     error((fname or "keel") .. ": must be called from the task itself, not from a coroutine it created",
       (level or 2) + 1)
   end
-  if task.cancelled and not task.shielded then error(CANCELLED, 0) end
+  if task.cancelled then error(CANCELLED, 0) end
   return task
 end
 sched.need_task = need_task
@@ -267,7 +267,7 @@ function sched.sleep(ms, fname)
     push_ready(w, task)
     task.state = "running"
     yield()
-    if task.cancelled and not task.shielded then error(CANCELLED, 0) end
+    if task.cancelled then error(CANCELLED, 0) end
     return
   end
   local tid = arm(w, C.keel_clock_update(w.clock) + ms, task, gen)
@@ -793,6 +793,5 @@ function sched.shutdown(w, code)
   end, 0)
 end
 
-function sched.pcall(...) return pcall(...) end
 
 return sched
