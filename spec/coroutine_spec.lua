@@ -39,3 +39,27 @@ describe("plain coroutines inside a task", function()
     assert.equal(7, results)
   end)
 end)
+
+describe("cancellation cleanup ordering", function()
+  it("keel.timeout returns after the inner task's deferred cleanup has run", function()
+    local cleaned = false
+    local ok, err = keel.timeout(10, function()
+      keel.defer(function() keel.sleep(5); cleaned = true end)
+      keel.sleep(1000)
+    end)
+    assert.is_nil(ok)
+    assert.equal("timeout", err)
+    assert.is_true(cleaned)
+  end)
+
+  it("keel.any returns after the losers' deferred cleanup has run", function()
+    local cleaned = 0
+    local winner = keel.any {
+      function() keel.sleep(1) return "fast" end,
+      function() keel.defer(function() cleaned = cleaned + 1 end) keel.sleep(1000) end,
+      function() keel.defer(function() keel.sleep(2); cleaned = cleaned + 1 end) keel.sleep(1000) end,
+    }
+    assert.equal("fast", winner)
+    assert.equal(2, cleaned)
+  end)
+end)

@@ -84,7 +84,10 @@ function keel.timeout(ms, fn, ...)
     if ok then return true, ... end
     local err = ...
     if err == "timeout" and child:status() ~= "failed" then
+      -- Return only once the inner work's cleanup (keel.defer) has run, so
+      -- whatever it held is released when the caller goes on.
       child:cancel()
+      child:join()
       return nil, "timeout"
     end
     error(err, 0)
@@ -178,6 +181,8 @@ function keel.any(fns)
   end)
   for i = 1, n do if tasks[i] ~= first then tasks[i]:cancel() end end
   if not ok then error(err, 0) end
+  -- The losers' cleanup has run by the time the winner's results return.
+  for i = 1, n do if tasks[i] ~= first then tasks[i]:join() end end
   local function unwrap(succeeded, ...)
     if succeeded then return ... end
     error((...), 0)
