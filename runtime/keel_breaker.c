@@ -32,6 +32,17 @@ struct keel_breaker {
 
 static int bad(double x) { return x != x; }
 
+/* The clock's second as an integer. Converting a double outside int64_t is
+ * undefined behaviour, and a virtual clock can be slept to any value (even
+ * inf): clamp to +-2^53 s, where doubles stop being exact anyway, so the
+ * window arithmetic below can never overflow either. */
+static int64_t second_of(double now_ms) {
+    double s = floor(now_ms / 1000.0);
+    if (!(s < 9007199254740992.0)) return s != s ? 0 : INT64_C(9007199254740992);
+    if (s < -9007199254740992.0) return -INT64_C(9007199254740992);
+    return (int64_t)s;
+}
+
 keel_breaker_t *keel_breaker_new(keel_clock_t *clock, int window_kind, int32_t size,
                                  int32_t min_calls, double failure_rate, double slow_ms,
                                  double slow_rate, double open_ms, int32_t half_open_calls) {
@@ -60,7 +71,7 @@ keel_breaker_t *keel_breaker_new(keel_clock_t *clock, int window_kind, int32_t s
     } else {
         b->buckets = calloc((size_t)size, sizeof *b->buckets);
         if (!b->buckets) { free(b); return NULL; }
-        b->head_sec = (int64_t)floor(clock->now_ms / 1000.0);
+        b->head_sec = second_of(clock->now_ms);
     }
     b->state = KEEL_BREAKER_CLOSED;
     return b;
@@ -80,7 +91,7 @@ static void reset_window(keel_breaker_t *b) {
         b->head = b->filled = 0;
     } else {
         for (int32_t i = 0; i < b->size; i++) b->buckets[i] = (bucket_t){0, 0, 0, 0};
-        b->head_sec = (int64_t)floor(b->clock->now_ms / 1000.0);
+        b->head_sec = second_of(b->clock->now_ms);
     }
 }
 
@@ -94,7 +105,7 @@ static int32_t bucket_index(const keel_breaker_t *b, int64_t sec) {
 static void advance(keel_breaker_t *b) {
     double now = b->clock->now_ms;
     if (bad(now)) return;
-    int64_t sec = (int64_t)floor(now / 1000.0);
+    int64_t sec = second_of(now);
     if (sec <= b->head_sec) return; /* a clock that steps back records into the newest bucket */
     if (sec - b->head_sec >= b->size) {
         for (int32_t i = 0; i < b->size; i++) b->buckets[i] = (bucket_t){0, 0, 0, 0};

@@ -446,6 +446,10 @@ static void arm_deadline_timer(keel_redis_t *r) {
     if (d < 0) { uv_timer_stop(&r->deadline_timer); return; }
     double wait = d - io_now(r);
     if (wait < 1) wait = 1;
+    /* a far (or infinite: call_timeout(math.huge)) deadline must not reach
+     * the uint64_t conversion, which is undefined there; firing early
+     * just re-arms */
+    if (wait > 4294967295.0) wait = 4294967295.0;
     uv_timer_start(&r->deadline_timer, deadline_cb, (uint64_t)(wait + 0.999), 0);
     uv_unref((uv_handle_t *)&r->deadline_timer);
     if (r->pending > 0) uv_ref((uv_handle_t *)&r->deadline_timer);

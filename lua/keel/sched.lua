@@ -602,9 +602,18 @@ local function fire_timer(w, t)
       -- t0 + k*interval grid, so one stall does not shift every later tick.
       next_deadline = t.deadline + (math.floor((now - t.deadline) / t.interval) + 1) * t.interval
       if next_deadline <= now then next_deadline = next_deadline + t.interval end
+      -- An interval below the clock's resolution at now (1e-12 ms, or any
+      -- interval once a simulated clock is huge) adds nothing: re-armed at
+      -- now it would fire again in this same pass, forever. Step to the next
+      -- representable time instead; at an infinite clock nothing is later.
+      if next_deadline <= now then next_deadline = now + now * 2 ^ -52 end
     end
     t.deadline = next_deadline
-    t.id = arm(w, next_deadline, t, false)
+    if next_deadline > now then
+      t.id = arm(w, next_deadline, t, false)
+    elseif t.unrefd then
+      w.unrefd = w.unrefd - 1
+    end
   elseif t.unrefd then
     w.unrefd = w.unrefd - 1
   end
