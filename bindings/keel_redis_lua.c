@@ -6,6 +6,7 @@
  * pipeline batch uses (batch pointer | 1), its replies arriving in order. */
 #include <lua.h>
 #include <lauxlib.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,6 +292,16 @@ static int fill_args(lua_State *L, int first, int last, const char **argv, size_
     return 0;
 }
 
+/* A completion id from Lua; converting NaN, inf or a huge number to
+ * int64_t would be undefined behaviour (the module is reachable through
+ * require, not only through keel.redis). */
+static int64_t check_id(lua_State *L, int idx) {
+    lua_Number n = luaL_checknumber(L, idx);
+    luaL_argcheck(L, n >= 0 && n < 9007199254740992.0 && n == floor(n), idx,
+                  "completion id must be an integer in [0, 2^53)");
+    return (int64_t)n;
+}
+
 static int push_send_error(lua_State *L, glue_t *g, int rc) {
     const char *e = rc == KEEL_REDIS_ECONN ? keel_redis_last_error(g->r)
                   : rc == KEEL_REDIS_EFULL ? "too many outstanding requests"
@@ -303,7 +314,7 @@ static int push_send_error(lua_State *L, glue_t *g, int rc) {
 static int l_call(lua_State *L) {
     glue_t *g = check_conn(L, 1);
     if (!g || !g->r) { push_failure(L, KEEL_REDIS_ECLOSED, "client closed"); return 2; }
-    int64_t id = (int64_t)luaL_checknumber(L, 2);
+    int64_t id = check_id(L, 2);
     double timeout = luaL_optnumber(L, 3, 0);
     int top = lua_gettop(L);
     int argc = top - 3;
@@ -331,7 +342,7 @@ static int l_call(lua_State *L) {
 static int l_batch(lua_State *L) {
     glue_t *g = check_conn(L, 1);
     if (!g || !g->r) { push_failure(L, KEEL_REDIS_ECLOSED, "client closed"); return 2; }
-    int64_t id = (int64_t)luaL_checknumber(L, 2);
+    int64_t id = check_id(L, 2);
     double timeout = luaL_optnumber(L, 3, 0);
     luaL_checktype(L, 4, LUA_TTABLE);
     int n = (int)lua_objlen(L, 4);

@@ -127,3 +127,31 @@ describe("keel.redis deadlines", function()
     a:close()
   end)
 end)
+
+describe("keel.redis.core argument checks", function()
+  if not redis_server.available then
+    pending("redis-server is not installed")
+    return
+  end
+  local server
+
+  setup(function() server = redis_server.start() end)
+  teardown(function() server:cleanup() end)
+
+  -- The completion id went through (int64_t) unchecked: NaN or inf was
+  -- undefined behaviour, and the command was sent for nobody.
+  it("rejects a completion id that is not an exact integer", function()
+    local core = require "keel.redis.core"
+    local c = assert(keel.redis.connect(server.url))
+    for _, bad in ipairs({ 0 / 0, math.huge, -math.huge, -1, 2 ^ 60, 1.5 }) do
+      local ok, err = pcall(core.call, c.conn, bad, 0, "PING")
+      assert.is_false(ok)
+      assert.matches("completion id must be an integer", err)
+      ok, err = pcall(core.batch, c.conn, bad, 0, { { "PING" } })
+      assert.is_false(ok)
+      assert.matches("completion id must be an integer", err)
+    end
+    assert.equal("PONG", c:call("PING"))
+    c:close()
+  end)
+end)
