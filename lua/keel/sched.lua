@@ -13,6 +13,7 @@ local cocreate, coresume, yield = coroutine.create, coroutine.resume, coroutine.
 local select, type, tostring, setmetatable, error, xpcall =
   select, type, tostring, setmetatable, error, xpcall
 local traceback = debug.traceback
+local huge = math.huge
 local unpack = unpack or table.unpack
 
 local sched = {}
@@ -270,9 +271,14 @@ function sched.sleep(ms, fname)
     if task.cancelled then error(CANCELLED, 0) end
     return
   end
-  local tid = arm(w, C.keel_clock_update(w.clock) + ms, task, gen)
+  -- Sleeping for ever arms no timer: a virtual clock must not jump to
+  -- infinity, and only cancellation ends such a sleep.
+  local tid = ms ~= huge and arm(w, C.keel_clock_update(w.clock) + ms, task, gen)
   local a = park(task)
-  if a == CANCEL then disarm(w, tid); error(CANCELLED, 0) end
+  if a == CANCEL then
+    if tid then disarm(w, tid) end
+    error(CANCELLED, 0)
+  end
 end
 
 -- Completions from C ------------------------------------------------------------
