@@ -157,27 +157,52 @@ static void on_batch_reply(batch_t *b, lua_State *L, const redisReply *rep, int 
     free(b);
 }
 
+typedef struct {
+    glue_t *g;
+    uint64_t req_id;
+    const redisReply *rep;
+    int status;
+    const char *err;
+} reply_ctx;
+
+static int deliver_reply(lua_State *L) {
+    reply_ctx *c = lua_touserdata(L, 1);
+    lua_pop(L, 1);
+    if (c->req_id & 1) {
+        on_batch_reply((batch_t *)(uintptr_t)(c->req_id & ~(uint64_t)1), L, c->rep, c->status, c->err);
+        return 0;
+    }
+    if (c->status != KEEL_REDIS_OK) {
+        push_failure(L, c->status, c->err);
+    } else if (c->rep->type == REDIS_REPLY_ERROR) {
+        lua_pushnil(L);
+        lua_pushlstring(L, c->rep->str, c->rep->len);
+    } else {
+        push_reply(L, c->rep, 0);
+        lua_pushnil(L);
+    }
+    inbox_put(c->g, L, (int64_t)(c->req_id >> 1));
+    return 0;
+}
+
+/* Building the Lua value of a big reply can run out of memory; in a
+ * protected call that costs this reply (its caller times out), not the
+ * process (an unprotected Lua error aborts it). */
 static void on_reply(void *ud, uint64_t req_id, const redisReply *rep, int status, const char *err) {
     glue_t *g = ud;
-    if (req_id & 1) {
-        batch_t *b = (batch_t *)(uintptr_t)(req_id & ~(uint64_t)1);
-        if (g->dead) { if (++b->next >= b->n) free(b); return; }
-        on_batch_reply(b, keel_rt_state(g->rt), rep, status, err);
+    if (g->dead) {
+        if (req_id & 1) {
+            batch_t *b = (batch_t *)(uintptr_t)(req_id & ~(uint64_t)1);
+            if (++b->next >= b->n) free(b);
+        }
         return;
     }
-    if (g->dead) return;
     lua_State *L = keel_rt_state(g->rt);
-    int64_t id = (int64_t)(req_id >> 1);
-    if (status != KEEL_REDIS_OK) {
-        push_failure(L, status, err);
-    } else if (rep->type == REDIS_REPLY_ERROR) {
-        lua_pushnil(L);
-        lua_pushlstring(L, rep->str, rep->len);
-    } else {
-        push_reply(L, rep, 0);
-        lua_pushnil(L);
+    reply_ctx c = { g, req_id, rep, status, err };
+    if (lua_cpcall(L, deliver_reply, &c) != 0) {
+        fprintf(stderr, "keel.redis: dropping a reply: %s\n", lua_tostring(L, -1));
+        lua_pop(L, 1);
     }
-    inbox_put(g, L, id);
 }
 
 static void on_free(void *ud) {
