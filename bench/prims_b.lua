@@ -5,20 +5,8 @@ local keel = require "keel"
 
 local N = 2000000
 
-local function clock_ns() return keel.now() * 1e6 end
-
--- Best of a few runs: the first warms the JIT.
-local function measure(n, fn)
-  local best = math.huge
-  for _ = 1, 3 do
-    collectgarbage()
-    local t0 = clock_ns()
-    fn(n)
-    local dt = (clock_ns() - t0) / n
-    if dt < best then best = dt end
-  end
-  return best
-end
+-- Found beside this file, whether run through bench/run.lua or alone.
+local measure = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "bench") .. "/timing.lua").ns_per_op
 
 -- Baseline breaker: closed state only matters for the hot path, but it keeps
 -- the same count ring with running totals and the same threshold check.

@@ -6,24 +6,8 @@ local keel = require "keel"
 
 local N = 1000000
 
--- Process CPU time: on a shared, loaded machine wall time mostly measures
--- the neighbours. The loops never wait, so CPU time is the cost.
-local function clock_ns()
-  return os.clock() * 1e9
-end
-
--- Best of a few runs: the first warms the JIT and the allocator.
-local function measure(n, fn)
-  local best = math.huge
-  for _ = 1, 3 do
-    collectgarbage()
-    local t0 = clock_ns()
-    fn(n)
-    local dt = (clock_ns() - t0) / n
-    if dt < best then best = dt end
-  end
-  return best
-end
+-- Found beside this file, whether run through bench/run.lua or alone.
+local measure = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "bench") .. "/timing.lua").ns_per_op
 
 -- Baseline: FIFO ring + in-flight table, with the same message table per pop.
 local function table_queue()
