@@ -6,13 +6,21 @@
 /* A bounded "have I seen this key?" set for idempotent consumers. A key is
  * remembered for ttl_ms from the moment it was first marked (a hit does not
  * extend it) and forgotten exactly when clock->now_ms reaches mark + ttl_ms.
- * At max keys the least recently seen key is forgotten to make room (after
- * reclaiming expired ones), so a very old duplicate may pass as new: size max
- * for the duplicate window you need. */
+ * At max keys one key is forgotten to make room, so a very old duplicate may
+ * pass as new: size max for the duplicate window you need.
+ *  - without ttl: second chance over insertion order. The oldest mark goes
+ *    unless it was hit since it last reached the old end; then it is moved
+ *    to the new end and the next oldest is tried. Not exact LRU.
+ *  - with ttl: expired keys are reclaimed first, then the oldest mark (the
+ *    key that would expire soonest) goes, whether or not it was hit.
+ * Memory: one 32-byte slot plus a 4-byte ring entry per table slot; the
+ * table is a power of two kept under 0.7 load and never grown past what max
+ * keys need (<= 120 bytes per key at max), keys over 16 bytes are stored
+ * out of line (counted in bytes). It only shrinks on clear. */
 
 typedef struct keel_dedup keel_dedup_t;
 
-/* ttl_ms <= 0 or INFINITY: keys never expire (LRU only). NULL on bad max
+/* ttl_ms <= 0, NaN or INFINITY: keys never expire (second chance only). NULL on bad max
  * (0 or UINT32_MAX) or out of memory. */
 keel_dedup_t *keel_dedup_new(uint32_t max, double ttl_ms, const keel_clock_t *clock, uint64_t seed);
 void keel_dedup_free(keel_dedup_t *d);

@@ -1,4 +1,5 @@
 #include "keel_map.h"
+#include "keel_hash.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +12,7 @@
 /* The top bit of hdr_t.hash is the "used since it last reached the cold end"
  * mark of second-chance eviction; the low 31 bits are the hash. */
 #define REF 0x80000000u
-#define HASH_BITS 0x7fffffffu
+#define HASH_BITS KEEL_HASH_BITS
 /* Up to this many entries a hit moves the entry to the new end (exact LRU):
  * the list is cache-resident, so it costs nothing. Beyond it, a hit only
  * marks the entry and eviction gives marked entries a second chance. */
@@ -43,32 +44,6 @@ struct keel_map {
     keel_map_hook hook;
     void *hook_ud;
 };
-
-/* ---- hashing: wyhash-style multiply-fold, 8 bytes per step ---- */
-
-static uint64_t fold(uint64_t a, uint64_t b) {
-    __uint128_t r = (__uint128_t)a * b;
-    return (uint64_t)r ^ (uint64_t)(r >> 64);
-}
-
-static uint32_t hash_key(uint64_t seed, const char *p, size_t len) {
-    const uint64_t k0 = 0xa0761d6478bd642full, k1 = 0xe7037ed1a0b428dbull;
-    uint64_t h = seed ^ (len * k0);
-    while (len >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        h = fold(h ^ w, k1);
-        p += 8;
-        len -= 8;
-    }
-    if (len) {
-        uint64_t w = 0;
-        memcpy(&w, p, len);
-        h = fold(h ^ w ^ ((uint64_t)len << 56), k1);
-    }
-    h = fold(h ^ k0, k1);
-    return (uint32_t)(h ^ (h >> 32)) & HASH_BITS;
-}
 
 /* ---- slots ---- */
 
@@ -274,7 +249,7 @@ void keel_map_on_remove(keel_map_t *m, keel_map_hook fn, void *ud) {
 /* Finds a live entry; a dead one found on the way is reclaimed. */
 static uint32_t find_live(keel_map_t *m, const char *key, size_t len) {
     if (len > KEEL_MAP_MAX_KEY) return NIL;
-    uint32_t s = lookup(m, key, len, hash_key(m->seed, key, len));
+    uint32_t s = lookup(m, key, len, keel_hash31(m->seed, key, len));
     if (s == NIL) return NIL;
     if (is_dead(m, hdr(m, s))) {
         remove_slot(m, s, KEEL_MAP_EXPIRED);
@@ -329,7 +304,7 @@ static uint32_t take_slot(keel_map_t *m) {
 void *keel_map_put(keel_map_t *m, const char *key, size_t len, int *inserted) {
     if (inserted) *inserted = 0;
     if (len > KEEL_MAP_MAX_KEY) return NULL;
-    uint32_t hv = hash_key(m->seed, key, len);
+    uint32_t hv = keel_hash31(m->seed, key, len);
     uint32_t s = lookup(m, key, len, hv);
     if (s != NIL) {
         hdr_t *h = hdr(m, s);

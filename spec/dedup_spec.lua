@@ -1,4 +1,5 @@
 local keel = require "keel"
+local ctest = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec") .. "/c/ctest.lua")
 
 describe("keel.dedup", function()
   it("returns false the first time and true while remembered", function()
@@ -36,17 +37,118 @@ describe("keel.dedup", function()
     assert.is_false(d:seen("a"))
   end)
 
-  it("evicts the least recently seen key at max", function()
+  it("at max evicts the oldest mark unless it was seen since it last reached the old end", function()
     local d = keel.dedup { max = 3 }
     d:seen("a"); d:seen("b"); d:seen("c")
-    assert.is_true(d:seen("a")) -- a is now the most recent; b the oldest
-    assert.is_false(d:seen("d"))
+    assert.is_true(d:seen("a")) -- a gets a second chance; b is the oldest unseen mark
+    assert.is_false(d:seen("d")) -- evicts b; a goes round behind c (order c, a, d)
     assert.equal(3, d:size())
-    assert.is_true(d:seen("a"))
-    assert.is_true(d:seen("c"))
-    assert.is_true(d:seen("d"))
-    assert.is_false(d:seen("b")) -- evicted, so new again (and evicts a)
-    assert.equal(2, d:stats().evictions)
+    assert.is_false(d:forget("b"))
+    assert.is_true(d:seen("a")) -- seen again since it went round: another second chance
+    assert.is_false(d:seen("e")) -- c (unseen since marked) goes, not a
+    assert.is_false(d:forget("c"))
+    assert.is_false(d:seen("f")) -- a goes round once more; d, unseen since marked, goes
+    assert.is_false(d:forget("d"))
+    assert.is_true(d:forget("a")); assert.is_true(d:forget("e")); assert.is_true(d:forget("f"))
+    assert.equal(3, d:stats().evictions)
+  end)
+
+  it("a key seen after every new mark is never evicted", function()
+    local d = keel.dedup { max = 4 }
+    d:seen("hot")
+    for i = 1, 100 do
+      assert.is_false(d:seen("cold" .. i))
+      assert.is_true(d:seen("hot"))
+    end
+    assert.equal(4, d:size())
+    assert.equal(97, d:stats().evictions)
+  end)
+
+  it("with ttl_ms evicts at max the oldest mark, hit or not", function()
+    keel.sim(function()
+      local d = keel.dedup { max = 3, ttl_ms = 1000 }
+      d:seen("a"); keel.sleep(1); d:seen("b"); keel.sleep(1); d:seen("c")
+      assert.is_true(d:seen("a")) -- a hit does not save the soonest-expiring key
+      assert.is_false(d:seen("d"))
+      assert.is_false(d:forget("a"))
+      assert.is_false(d:seen("e")) -- then b
+      assert.is_false(d:forget("b"))
+      assert.is_true(d:forget("c")); assert.is_true(d:forget("d")); assert.is_true(d:forget("e"))
+      assert.equal(2, d:stats().evictions)
+      assert.equal(0, d:stats().expirations)
+    end)
+  end)
+
+  it("size() is exact under ttl_ms, deadline by deadline", function()
+    keel.sim(function()
+      local d = keel.dedup { ttl_ms = 10 }
+      for i = 1, 5 do d:seen("k" .. i); keel.sleep(1) end -- marked at t = 0..4
+      assert.equal(5, d:size()) -- t = 5
+      d:forget("k3")
+      assert.equal(4, d:size())
+      keel.sleep(4.5)
+      assert.equal(4, d:size())
+      keel.sleep(0.5) -- t = 10: k1's deadline
+      assert.equal(3, d:size())
+      keel.sleep(1) -- k2
+      assert.equal(2, d:size())
+      keel.sleep(1) -- k3 was forgotten already: nothing more goes
+      assert.equal(2, d:size())
+      keel.sleep(1)
+      assert.equal(1, d:size())
+      keel.sleep(1)
+      assert.equal(0, d:size())
+      assert.equal(4, d:stats().expirations)
+    end)
+  end)
+
+  it("forgetting and re-marking a key over and over stays within bounds", function()
+    local d = keel.dedup { max = 100 }
+    d:seen("other")
+    local bytes = d:stats().bytes
+    for _ = 1, 20000 do
+      assert.is_false(d:seen("again"))
+      assert.is_true(d:seen("again"))
+      assert.is_true(d:forget("again"))
+    end
+    assert.equal(1, d:size())
+    assert.is_true(d:seen("other"))
+    assert.equal(bytes, d:stats().bytes)
+    assert.equal(0, d:stats().evictions)
+  end)
+
+  it("tells apart long keys and binary keys that share a prefix", function()
+    local d = keel.dedup { max = 1000 }
+    local long = string.rep("p", 40)
+    local keys = { long .. "1", long .. "2", long, long .. "\0", "\0", "\0\0", "a\0b\0c", "a\0b\0d",
+      string.rep("\0", 17), string.rep("\0", 16), string.rep("q", 16), string.rep("q", 17) }
+    for _, k in ipairs(keys) do assert.is_false(d:seen(k)) end
+    for _, k in ipairs(keys) do assert.is_true(d:seen(k)) end
+    assert.equal(#keys, d:size())
+    local s = d:stats().bytes
+    assert.is_true(d:forget(long .. "1"))
+    assert.is_true(d:stats().bytes < s) -- a long key's out-of-line copy is released with it
+    assert.is_false(d:seen(long .. "1"))
+    assert.equal(#keys, d:size())
+  end)
+
+  it("keeps membership and mark order across growth and rehashes", function()
+    local n = 3000
+    local d = keel.dedup { max = n }
+    for i = 1, n do assert.is_false(d:seen("k" .. i)) end -- grows 16 -> 8192 slots on the way
+    for _ = 1, 2 do -- odd keys leave pending slots and come back as the newest marks; the
+      -- second round pushes the table over 0.7 full, so a rehash drops the pending slots
+      for i = 1, n, 2 do assert.is_true(d:forget("k" .. i)) end
+      for i = 1, n, 2 do assert.is_false(d:seen("k" .. i)) end
+    end
+    -- 1000 new keys evict the 1000 oldest marks: even keys 2..2000 (no hits since marked)
+    for i = 1, 1000 do assert.is_false(d:seen("new" .. i)) end
+    assert.equal(n, d:size())
+    for i = 2002, n, 2 do assert.is_true(d:seen("k" .. i)) end
+    for i = 1, n, 2 do assert.is_true(d:seen("k" .. i)) end
+    for i = 1, 1000 do assert.is_true(d:seen("new" .. i)) end
+    for i = 2, 2000, 2 do assert.is_false(d:forget("k" .. i)) end
+    assert.equal(1000, d:stats().evictions)
   end)
 
   it("max = 1 remembers exactly the last key", function()
@@ -97,6 +199,12 @@ describe("keel.dedup", function()
       assert.is_true(d:seen("live"))
       assert.equal(0, d:stats().evictions)
     end)
+  end)
+
+  it("passes the C model test (spec/c/test_dedup.c)", function()
+    local ok, out = ctest.run("test_dedup")
+    assert.is_true(ok, out)
+    assert.matches("ok all", out)
   end)
 
   it("keeps memory bounded at max and under 128 bytes per entry beyond the key", function()

@@ -1,0 +1,264 @@
+/* Test of runtime/keel_dedup against a naive model: an ordered list of the
+ * remembered keys (oldest mark first) with the documented rules applied
+ * literally. Randomized seen/forget/size/clear/clock moves over small max so
+ * evictions, PENDING/TOMB churn and rehashes all happen, with and without
+ * ttl, over short, long (> 16 bytes) and binary keys. Prints "ok ..." per
+ * group, "ok all" at the end, "FAIL ..." on the first failure (exit 1). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "keel_dedup.h"
+
+static int checks;
+#define CHECK(c) do { checks++; if (!(c)) { printf("FAIL %s:%d %s\n", __FILE__, __LINE__, #c); return 1; } } while (0)
+#define CHECKF(c, ...) do { checks++; if (!(c)) { printf("FAIL %s:%d %s: ", __FILE__, __LINE__, #c); \
+    printf(__VA_ARGS__); printf("\n"); return 1; } } while (0)
+
+static uint64_t rng = 88172645463325252ull;
+static uint32_t rnd(uint32_t n) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng % n);
+}
+
+/* Key number i in one of three shapes: short text, long text, binary with NULs. */
+static size_t make_key(int i, char *buf) {
+    switch (i % 3) {
+    case 0: return (size_t)sprintf(buf, "k%d", i);
+    case 1: return (size_t)sprintf(buf, "a-long-key-over-sixteen-bytes-%d", i);
+    default:
+        buf[0] = 0;
+        buf[1] = (char)(i & 0xff);
+        buf[2] = 0;
+        buf[3] = (char)((i >> 8) & 0xff);
+        buf[4] = 0;
+        return 5;
+    }
+}
+
+typedef struct { int key; double exp; int ref; } entry_t;
+typedef struct {
+    entry_t *e;
+    int n, max;
+    double ttl;
+    double hits, marks, evictions, expirations;
+} model_t;
+
+static int m_find(const model_t *m, int key) {
+    for (int i = 0; i < m->n; i++)
+        if (m->e[i].key == key) return i;
+    return -1;
+}
+
+static void m_remove(model_t *m, int i) {
+    memmove(&m->e[i], &m->e[i + 1], (size_t)(m->n - i - 1) * sizeof *m->e);
+    m->n--;
+}
+
+static void m_expire(model_t *m, double now) {
+    if (m->ttl <= 0) return;
+    while (m->n && now >= m->e[0].exp) {
+        m_remove(m, 0);
+        m->expirations++;
+    }
+}
+
+static int m_seen(model_t *m, int key, double now) {
+    m_expire(m, now);
+    int i = m_find(m, key);
+    if (i >= 0) {
+        if (m->ttl <= 0) m->e[i].ref = 1;
+        m->hits++;
+        return 1;
+    }
+    if (m->n >= m->max) {
+        for (;;) {
+            entry_t head = m->e[0];
+            m_remove(m, 0);
+            if (m->ttl <= 0 && head.ref) {
+                head.ref = 0;
+                m->e[m->n++] = head;
+                continue;
+            }
+            m->evictions++;
+            break;
+        }
+    }
+    m->e[m->n++] = (entry_t){ key, m->ttl > 0 ? now + m->ttl : INFINITY, 0 };
+    m->marks++;
+    return 0;
+}
+
+static int m_forget(model_t *m, int key, double now) {
+    m_expire(m, now);
+    int i = m_find(m, key);
+    if (i < 0) return 0;
+    m_remove(m, i);
+    return 1;
+}
+
+static uint32_t cap_slots(uint32_t max) {
+    uint32_t n = 16;
+    while ((double)max > 0.6 * n) n *= 2;
+    return n;
+}
+
+static double long_bytes(const model_t *m) {
+    double b = 0;
+    char buf[64];
+    for (int i = 0; i < m->n; i++) {
+        size_t len = make_key(m->e[i].key, buf);
+        if (len > 16) b += (double)len;
+    }
+    return b;
+}
+
+static int same_counters(keel_dedup_t *d, const model_t *m) {
+    CHECKF(keel_dedup_size(d) == (uint32_t)m->n, "size %u model %d", keel_dedup_size(d), m->n);
+    CHECK(keel_dedup_hits(d) == m->hits);
+    CHECK(keel_dedup_marks(d) == m->marks);
+    CHECKF(keel_dedup_evictions(d) == m->evictions, "evictions %g model %g", keel_dedup_evictions(d), m->evictions);
+    CHECK(keel_dedup_expirations(d) == m->expirations);
+    double table = keel_dedup_bytes(d) - long_bytes(m);
+    CHECKF(table >= 16 * 36 && table <= 36.0 * cap_slots((uint32_t)m->max) + 512, "bytes %g", table);
+    return 0;
+}
+
+static int run_model(uint32_t max, double ttl, int ops, int universe) {
+    keel_clock_t clock;
+    keel_clock_init(&clock, 1, 0);
+    keel_dedup_t *d = keel_dedup_new(max, ttl, &clock, rng);
+    CHECK(d);
+    model_t m = { calloc(max + 1, sizeof(entry_t)), 0, (int)max, ttl, 0, 0, 0, 0 };
+    char buf[64];
+    int recent = 0;
+    for (int op = 0; op < ops; op++) {
+        int r = (int)rnd(100), key = (int)rnd((uint32_t)universe);
+        if (r < 15 && m.n) key = recent; /* re-mark or forget what was just marked */
+        size_t len = make_key(key, buf);
+        if (r < 55) {
+            int got = keel_dedup_seen(d, buf, len), want = m_seen(&m, key, clock.now_ms);
+            CHECKF(got == want, "op %d seen(%d) = %d, model %d (max %u ttl %g)", op, key, got, want, max, ttl);
+            recent = key;
+        } else if (r < 80) {
+            int got = keel_dedup_forget(d, buf, len), want = m_forget(&m, key, clock.now_ms);
+            CHECKF(got == want, "op %d forget(%d) = %d, model %d (max %u ttl %g)", op, key, got, want, max, ttl);
+        } else if (r < 92) {
+            /* sometimes exactly onto a deadline, which must already count as expired */
+            double to = clock.now_ms + (ttl > 0 ? rnd(3) == 0 && m.n ? m.e[0].exp - clock.now_ms
+                                                                     : rnd((uint32_t)ttl / 2 + 1)
+                                                : rnd(100));
+            CHECK(keel_clock_advance_to(&clock, to) == 0);
+        } else if (r < 99) {
+            m_expire(&m, clock.now_ms);
+            if (same_counters(d, &m)) return 1;
+        } else if (rnd(10) == 0) {
+            keel_dedup_clear(d);
+            m.n = 0;
+        }
+        m_expire(&m, clock.now_ms);
+        CHECKF(keel_dedup_size(d) == (uint32_t)m.n, "op %d size %u model %d", op, keel_dedup_size(d), m.n);
+    }
+    m_expire(&m, clock.now_ms);
+    if (same_counters(d, &m)) return 1;
+    /* every key the model holds is still there, in the model's eviction order */
+    for (int i = 0; i < m.n; i++) {
+        size_t len = make_key(m.e[i].key, buf);
+        CHECK(keel_dedup_forget(d, buf, len) == 1);
+    }
+    CHECK(keel_dedup_size(d) == 0);
+    keel_dedup_free(d);
+    free(m.e);
+    return 0;
+}
+
+static int models(void) {
+    static const uint32_t maxes[] = { 1, 2, 3, 5, 8, 11, 17, 40, 100, 300 };
+    for (size_t i = 0; i < sizeof maxes / sizeof *maxes; i++) {
+        uint32_t max = maxes[i];
+        int universe = (int)(max * 3 + 4);
+        if (run_model(max, 0, 20000, universe)) return 1;
+        if (run_model(max, 50, 20000, universe)) return 1;
+        if (run_model(max, 1, 5000, universe)) return 1;
+        if (run_model(max, 0, 5000, (int)max + 1)) return 1; /* mostly hits: second chance at work */
+    }
+    printf("ok model\n");
+    return 0;
+}
+
+/* Forgetting and re-marking one key leaves a PENDING slot each time; they
+ * must be reclaimed (by rehash) without the table growing. */
+static int churn(void) {
+    keel_clock_t clock;
+    keel_clock_init(&clock, 1, 0);
+    keel_dedup_t *d = keel_dedup_new(1000, 0, &clock, 7);
+    CHECK(d);
+    double start = keel_dedup_bytes(d);
+    for (int i = 0; i < 100000; i++) {
+        CHECK(keel_dedup_seen(d, "again", 5) == 0);
+        CHECK(keel_dedup_seen(d, "again", 5) == 1);
+        CHECK(keel_dedup_forget(d, "again", 5) == 1);
+    }
+    CHECK(keel_dedup_size(d) == 0);
+    CHECK(keel_dedup_bytes(d) == start); /* never grew past the 16-slot start */
+    keel_dedup_free(d);
+    printf("ok churn\n");
+    return 0;
+}
+
+/* Full at max, the table plus ring stays within 128 bytes per key for any max. */
+static int memory(void) {
+    keel_clock_t clock;
+    keel_clock_init(&clock, 1, 0);
+    char buf[32];
+    static const uint32_t maxes[] = { 16, 19, 20, 39, 40, 1000, 1229, 1230, 4915, 4916, 9830, 9831, 20000, 100000 };
+    for (size_t i = 0; i < sizeof maxes / sizeof *maxes; i++) {
+        uint32_t max = maxes[i];
+        keel_dedup_t *d = keel_dedup_new(max, 0, &clock, i);
+        CHECK(d);
+        for (uint32_t k = 0; k < 2 * max; k++) CHECK(keel_dedup_seen(d, buf, (size_t)sprintf(buf, "m%u", k)) == 0);
+        CHECK(keel_dedup_size(d) == max);
+        CHECKF(keel_dedup_bytes(d) / max <= 128, "max %u: %g bytes per key", max, keel_dedup_bytes(d) / max);
+        /* the newest max keys survived (no hits, so second chance is plain FIFO) */
+        for (uint32_t k = max; k < 2 * max; k++) CHECK(keel_dedup_seen(d, buf, (size_t)sprintf(buf, "m%u", k)) == 1);
+        keel_dedup_free(d);
+    }
+    printf("ok memory\n");
+    return 0;
+}
+
+static int edges(void) {
+    keel_clock_t clock;
+    keel_clock_init(&clock, 1, 0);
+    CHECK(keel_dedup_new(0, 0, &clock, 1) == NULL);
+    CHECK(keel_dedup_new(UINT32_MAX, 0, &clock, 1) == NULL);
+    CHECK(keel_dedup_new(5, 0, NULL, 1) == NULL);
+    keel_dedup_t *d = keel_dedup_new(5, NAN, &clock, 1);
+    CHECK(d);
+    CHECK(keel_dedup_seen(d, NULL, 0) == 0); /* the empty key */
+    CHECK(keel_dedup_seen(d, "", 0) == 1);
+    static char big[65536];
+    memset(big, 'x', sizeof big);
+    CHECK(keel_dedup_seen(d, big, 65536) == -1);
+    CHECK(keel_dedup_forget(d, big, 65536) == 0);
+    CHECK(keel_dedup_seen(d, big, 65535) == 0);
+    CHECK(keel_dedup_seen(d, big, 65535) == 1);
+    CHECK(keel_dedup_seen(d, big, 65534) == 0);
+    CHECK(keel_dedup_size(d) == 3);
+    CHECK(keel_clock_advance_to(&clock, 1e12) == 0);
+    CHECK(keel_dedup_size(d) == 3); /* NaN ttl: never expires */
+    keel_dedup_clear(d);
+    CHECK(keel_dedup_size(d) == 0 && keel_dedup_seen(d, big, 65535) == 0);
+    keel_dedup_free(d);
+    keel_dedup_free(NULL);
+    printf("ok edges\n");
+    return 0;
+}
+
+int main(void) {
+    if (edges() || churn() || memory() || models()) return 1;
+    printf("ok all (%d checks)\n", checks);
+    return 0;
+}
