@@ -108,6 +108,78 @@ describe("keel.redis.queue", function()
     q:close()
   end)
 
+  it("ack {wait = false} queues acks; flush sends them; nothing acknowledged comes back", function()
+    local q = Q.new { redis = c, prefix = "q11", visibility_ms = 100, prefetch = 4 }
+    for i = 1, 10 do assert(q:push("w" .. i)) end
+    for i = 1, 10 do
+      local m = assert(q:pop())
+      assert.equal("w" .. i, m.item)
+      assert.is_true(q:ack(m, { wait = false }))
+    end
+    assert.is_true(q:flush())
+    assert.equal(10, q:stats().acked)
+    assert.same({ nil, "timeout" }, { q:pop { wait_ms = 300 } }) -- past visibility: nothing comes back
+    local info = q:info()
+    assert.equal(0, info.length)
+    assert.equal(0, info.pending)
+    q:close()
+  end)
+
+  it("trims acknowledged entries; a stuck pending one holds back only those after it", function()
+    local q = Q.new { redis = c, prefix = "q12", prefetch = 1 }
+    for i = 1, 10 do assert(q:push("t" .. i)) end
+    local stuck = assert(q:pop())
+    for i = 2, 10 do
+      local m = assert(q:pop())
+      assert.equal("t" .. i, m.item)
+      assert.is_true(q:ack(m))
+    end
+    local info = q:info()
+    assert.equal(1, info.pending)
+    assert.equal(0, info.ready)
+    assert.equal(10, info.length) -- t2..t10 are acknowledged but sit after t1
+    q.trim_slack = 3               -- past the slack they are deleted one by one
+    info = q:info()
+    assert.equal(1, info.length)
+    assert.is_true(q:ack(stuck))
+    assert.equal(0, q:info().length)
+    assert.is_true(q:stats().trimmed >= 10)
+    q:close()
+  end)
+
+  it("capacity counts outstanding messages, not acknowledged ones awaiting trimming", function()
+    local q = Q.new { redis = c, prefix = "q13", capacity = 3, prefetch = 1 }
+    for i = 1, 3 do assert(q:push(i)) end
+    local stuck = assert(q:pop())
+    assert.is_true(q:ack(assert(q:pop())))
+    assert.is_true(q:ack(assert(q:pop())))
+    q:flush()
+    assert.equal(3, c:call("XLEN", q.stream)) -- both acknowledged entries are still there
+    assert(q:push(4))
+    assert(q:push(5))
+    assert.same({ nil, "full" }, { q:push(6) })
+    local info = q:info()
+    assert.equal(1, info.pending)
+    assert.equal(2, info.ready)
+    -- nothing outstanding was trimmed to make room
+    assert.equal(5, c:call("XLEN", q.stream))
+    assert.is_true(q:ack(stuck))
+    assert.equal("4", assert(q:pop()).item)
+    q:close()
+  end)
+
+  it("trims entries acknowledged by a consumer that never trimmed them", function()
+    local q = Q.new { redis = c, prefix = "q14", prefetch = 1 }
+    for i = 1, 3 do assert(q:push(i)) end
+    for _ = 1, 3 do
+      local m = assert(q:pop())
+      assert.equal(1, c:call("XACK", q.stream, q.group, m.id)) -- as if acked by a process that then died
+    end
+    assert.equal(3, c:call("XLEN", q.stream))
+    assert.equal(0, q:info().length)
+    q:close()
+  end)
+
   it("rejects bad arguments", function()
     assert.has_error(function() Q.new { redis = c, visibility_ms = 0 } end)
     assert.has_error(function() Q.new { redis = c, bogus = 1 } end)

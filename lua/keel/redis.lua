@@ -217,7 +217,12 @@ function Client:batch(cmds)
   for i = 1, n do
     local c = cmds[i]
     if type(c) ~= "table" then error(string.format("%s: command %d must be a table", fname, i), 2) end
-    check_args(fname, #c, unpack(c))
+    local m = #c
+    if m == 0 then error(fname .. ": missing command name", 2) end
+    for j = 1, m do
+      local v = c[j]
+      if type(v) ~= "string" then check_args(fname, m, unpack(c)) break end -- numbers: full check
+    end
   end
   local conn = self.conn
   if not conn then return nil, "closed: client closed" end

@@ -11,7 +11,10 @@
 --        dead-letter those delivered more than max_attempts times, else read
 --        new ones (XREADGROUP); when there is nothing, a blocking XREADGROUP
 --        on a dedicated connection waits (bounded so reclaims keep running).
--- ack  = XACK + XDEL, so an acknowledged message can never be delivered again.
+-- ack  = XACK, so an acknowledged message can never be delivered again (it
+--        leaves the pending list and is behind the group's last-delivered
+--        id); its entry is then deleted with XDEL off the caller's path, and
+--        the reclaim pass trims whatever a crash left behind (XTRIM MINID).
 -- Dead-lettering is XADD to the dead-letter stream and then XACK: a crash in
 -- between duplicates a message, never loses it (and inside one script the
 -- two steps are atomic anyway).
@@ -27,17 +30,38 @@ local type, tostring, setmetatable, error, tonumber = type, tostring, setmetatab
 local huge, min, floor = math.huge, math.min, math.floor
 local unpack = unpack or table.unpack
 local ACK_BATCH = 1000
+local TRIM_DELAY_MS = 2
+local TRIM_SLACK = 10000
 
--- ARGV: capacity, items... -> { id | false (full), ... }
+-- ARGV: capacity, group, items... -> { id | false (full), ... }
+-- The stream may still hold acknowledged entries whose XDEL is on its way,
+-- so near capacity what counts is what the group has outstanding: pending
+-- plus not yet delivered (its lag). MAXLEN then bounds the stream to that
+-- plus those acknowledged entries, so it can never trim an outstanding one.
 local PUSH_MANY = redis.script [[
 local cap = tonumber(ARGV[1])
-local n = redis.call('XLEN', KEYS[1])
+local len = redis.call('XLEN', KEYS[1])
+local n = len
+if len + #ARGV - 2 > cap and len > 0 then
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, pending, lag
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1]
+      elseif g[i] == 'pending' then pending = g[i + 1]
+      elseif g[i] == 'lag' then lag = g[i + 1] end
+    end
+    if name == ARGV[2] and type(pending) == 'number' and type(lag) == 'number' then
+      n = math.min(len, pending + lag)
+    end
+  end
+end
+local acked = len - n
 local out = {}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   if n >= cap then
-    out[i - 1] = false
+    out[i - 2] = false
   else
-    out[i - 1] = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'd', ARGV[i])
+    out[i - 2] = redis.call('XADD', KEYS[1], 'MAXLEN', cap + acked, '*', 'd', ARGV[i])
     n = n + 1
   end
 end
@@ -81,23 +105,49 @@ if #out == 0 and not reclaimed then reclaim() end
 return {out, dead}
 ]]
 
--- ARGV: group, id... -> { 1 | 0 per id }
-local ACK_EACH = redis.script [[
-local out = {}
-for i = 2, #ARGV do
-  out[i - 1] = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-  redis.call('XDEL', KEYS[1], ARGV[i])
+-- ARGV: group -> trimmed count. Acknowledged entries are not deleted one by
+-- one (XDEL walks the entry's node: several times the cost of the XACK).
+-- Everything below the oldest pending entry is acknowledged, or with nothing
+-- pending everything up to the last delivered one, and XTRIM MINID drops
+-- those whole nodes at a time. Entries acknowledged ahead of an older
+-- pending one (a slow or dead consumer's) stay until it is acknowledged or
+-- dead-lettered; past TRIM_SLACK of them they are deleted in bounded steps.
+local TRIM = redis.script [=[
+local group, slack = ARGV[1], tonumber(ARGV[2])
+local info
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f.name == group then info = f end
 end
-return out
-]]
-
--- ARGV: group, id... -> acked count
-local ACK_MANY = redis.script [[
-local n = redis.call('XACK', KEYS[1], unpack(ARGV))
-table.remove(ARGV, 1)
-redis.call('XDEL', KEYS[1], unpack(ARGV))
-return n
-]]
+if not info then return 0 end
+local before = redis.call('XLEN', KEYS[1])
+local oldest = redis.call('XPENDING', KEYS[1], group)[2]
+local minid = oldest
+if not minid then
+  local ms, seq = string.match(info['last-delivered-id'], '^(%d+)-(%d+)$')
+  if ms and #seq < 15 then minid = ms .. '-' .. string.format('%d', tonumber(seq) + 1) end
+end
+if minid then redis.call('XTRIM', KEYS[1], 'MINID', minid) end
+local lag = info.lag
+if oldest and type(lag) == 'number' then
+  local len = redis.call('XLEN', KEYS[1])
+  if len - info.pending - lag > slack then
+    local last = info['last-delivered-id']
+    local span = redis.call('XRANGE', KEYS[1], oldest, last, 'COUNT', 1000)
+    local pending = {}
+    for _, p in ipairs(redis.call('XPENDING', KEYS[1], group, oldest, last, 1000)) do pending[p[1]] = true end
+    local del = {}
+    for _, e in ipairs(span) do
+      if not pending[e[1]] then del[#del + 1] = e[1] end
+    end
+    -- (the first 1000 pending ids cover every pending one among the first
+    -- 1000 entries)
+    if #del > 0 then redis.call('XDEL', KEYS[1], unpack(del)) end
+  end
+end
+return before - redis.call('XLEN', KEYS[1])
+]=]
 
 -- ARGV: group, consumer, id, idle, attempt, max_attempts, item, error
 -- -> 0 unknown, 1 requeued, 2 dead
@@ -177,9 +227,9 @@ function M.new(opts)
     buf = {}, bhead = 1, btail = 0,
     blockers = {}, nblockers = 0, blocker_wait = sched.waitqueue(),
     group_ready = false, next_reclaim = -huge,
-    acks = {}, nacks_pending = 0, flusher = nil, flushed = sched.waitqueue(),
+    acks = {}, untrimmed = 0, trim_slack = TRIM_SLACK, nacks_pending = 0, flusher = nil, flushed = sched.waitqueue(),
     st = { pushed = 0, popped = 0, acked = 0, nacked = 0, dead_lettered = 0, reclaimed = 0, full = 0,
-           redriven = 0, errors = 0, ack_errors = 0 },
+           redriven = 0, errors = 0, ack_errors = 0, trimmed = 0 },
   }, Queue)
   metrics.register("redis_queue", name, self)
   return self
@@ -221,7 +271,7 @@ local PUSH_BATCH = 500
 
 local function send_pushes(self, b)
   if self.pbatch == b then self.pbatch = nil end
-  b.r, b.err = self.redis:eval(PUSH_MANY, 1, self.stream, self.capacity, unpack(b.items))
+  b.r, b.err = self.redis:eval(PUSH_MANY, 1, self.stream, self.capacity, self.group, unpack(b.items))
   b.done = true
   b.q:wake_all()
 end
@@ -266,13 +316,33 @@ local function new_msg(self, id, item, attempt)
   return { id = id, item = item, attempt = attempt, queue = self, delivered = sched.now() }
 end
 
-local function buffer(self, list)
+local function buffer(self, list, count)
+  self.more = #list >= count
   for _, e in ipairs(list) do
     local t = self.btail + 1
     self.btail = t
     self.buf[t] = new_msg(self, e[1], e[2], e[3])
     if e[3] > 1 then self.st.reclaimed = self.st.reclaimed + 1 end
   end
+end
+
+-- Entries of an XREADGROUP ">" reply: first deliveries.
+local function buffer_read(self, entries, count)
+  self.more = #entries >= count
+  for _, e in ipairs(entries) do
+    local f, item = e[2], ""
+    if f then for i = 1, #f, 2 do if f[i] == "d" then item = f[i + 1] end end end
+    local t = self.btail + 1
+    self.btail = t
+    self.buf[t] = new_msg(self, e[1], item, 1)
+  end
+end
+
+local fetch, start_flusher
+
+local function read_ahead(self, count)
+  fetch(self, count) -- a failure is counted in stats; the next pop that finds nothing sees it
+  self.fetching = false
 end
 
 local function take(self)
@@ -285,6 +355,14 @@ local function take(self)
     -- stays pending in Redis and comes back through a reclaim
     if sched.now() - msg.delivered < self.visibility_ms then
       self.st.popped = self.st.popped + 1
+      -- half the batch is gone and the last read was full: top the buffer
+      -- up to prefetch now, so consumers do not wait a round trip for it
+      local held = self.btail - self.bhead + 1
+      if self.more and not self.fetching and held < floor(self.prefetch / 2) then
+        self.fetching = true
+        self.more = false
+        sched.spawn(read_ahead, self, self.prefetch - held)
+      end
       return msg
     end
   end
@@ -292,20 +370,37 @@ local function take(self)
   return nil
 end
 
-local function fetch(self)
+function fetch(self, count)
+  count = count or self.prefetch
   local ok, err = ensure_group(self)
   if not ok then return nil, err end
   local now = sched.now()
   local reclaim = now >= self.next_reclaim
-  if reclaim then self.next_reclaim = now + math.max(10, self.visibility_ms / 4) end
+  if reclaim then
+    self.next_reclaim = now + math.max(10, self.visibility_ms / 4)
+  else
+    -- between reclaim passes new messages come straight from XREADGROUP:
+    -- the script costs the server more than the read itself
+    local r = self.redis:call("XREADGROUP", "GROUP", self.group, self.consumer,
+      "COUNT", count, "STREAMS", self.stream, ">")
+    if type(r) == "table" and r[1] and #r[1][2] > 0 then
+      buffer_read(self, r[1][2], count)
+      return true
+    end
+  end
   local r
   r, err = retry_nogroup(self, function()
     return self.redis:eval(POP, 2, self.stream, self.dead_stream, self.group, self.consumer,
-      self.visibility_ms, self.max_attempts, self.prefetch, reclaim and "1" or "0")
+      self.visibility_ms, self.max_attempts, count, reclaim and "1" or "0")
   end)
   if not r then self.st.errors = self.st.errors + 1; return nil, err end
+  if reclaim then
+    -- entries a crashed consumer acknowledged but never saw trimmed
+    self.untrimmed = self.untrimmed + 1
+    start_flusher(self)
+  end
   self.st.dead_lettered = self.st.dead_lettered + r[2]
-  buffer(self, r[1])
+  buffer(self, r[1], count)
   return true
 end
 
@@ -344,13 +439,7 @@ local function block(self, ms)
   if not ok then c:close(); self.nblockers = self.nblockers - 1; error(r, 0) end -- cancelled
   put_blocker(self, c)
   if type(r) == "table" and r[1] then
-    for _, e in ipairs(r[1][2]) do
-      local f, item = e[2], ""
-      if f then for i = 1, #f, 2 do if f[i] == "d" then item = f[i + 1] end end end
-      local t = self.btail + 1
-      self.btail = t
-      self.buf[t] = new_msg(self, e[1], item, 1)
-    end
+    buffer_read(self, r[1][2], self.prefetch)
   elseif r == nil then
     -- nil is both "nothing arrived" and a failure; a failure was already
     -- visible to the caller's next fetch, so pause briefly instead of spinning
@@ -391,35 +480,75 @@ local function msg_arg(F, self, msg)
   return msg.queue == self
 end
 
+local function take_batch(self, field)
+  local ids = self[field]
+  if #ids > ACK_BATCH then
+    local rest = {}
+    for i = ACK_BATCH + 1, #ids do rest[#rest + 1] = ids[i]; ids[i] = nil end
+    self[field] = rest
+  else
+    self[field] = {}
+  end
+  return ids
+end
+
 -- Sends the acks queued by ack(msg, {wait = false}), all those queued
--- meanwhile in one script per round trip.
+-- meanwhile in one XACK per round trip, then trims what was acknowledged.
 local function flush_acks(self)
-  while #self.acks > 0 do
-    local ids = self.acks
-    if #ids > ACK_BATCH then
-      local rest = {}
-      for i = ACK_BATCH + 1, #ids do rest[#rest + 1] = ids[i]; ids[i] = nil end
-      self.acks = rest
-    else
-      self.acks = {}
+  while #self.acks > 0 or self.untrimmed > 0 do
+    if #self.acks > 0 then
+      local ids = take_batch(self, "acks")
+      local n, err = self.redis:call("XACK", self.stream, self.group, unpack(ids))
+      if n then
+        self.st.acked = self.st.acked + n
+        self.untrimmed = self.untrimmed + n
+      else
+        -- not acknowledged: these come back through a reclaim (at-least-once)
+        self.st.ack_errors = self.st.ack_errors + #ids
+        self.st.errors = self.st.errors + 1
+        self.last_ack_error = err
+      end
     end
-    local n, err = self.redis:eval(ACK_MANY, 1, self.stream, self.group, unpack(ids))
-    if n then
-      self.st.acked = self.st.acked + n
-    else
-      -- not acknowledged: these come back through a reclaim (at-least-once)
-      self.st.ack_errors = self.st.ack_errors + #ids
-      self.st.errors = self.st.errors + 1
-      self.last_ack_error = err
+    -- trimming waits a moment, so one call covers many acks
+    if #self.acks == 0 and self.untrimmed > 0 and self.untrimmed < ACK_BATCH and not self.flush_now then
+      sched.sleep(TRIM_DELAY_MS, "keel.redis.queue:flush")
+    end
+    if #self.acks == 0 and self.untrimmed > 0 then
+      self.untrimmed = 0
+      local n = self.redis:eval(TRIM, 1, self.stream, self.group, self.trim_slack)
+      if n then self.st.trimmed = self.st.trimmed + n else self.st.errors = self.st.errors + 1 end
     end
   end
   self.flusher = nil
+  self.flush_now = false
   self.flushed:wake_all()
 end
 
+function start_flusher(self)
+  if not self.flusher then self.flusher = sched.spawn(flush_acks, self) end
+end
+
+-- The acks waited for in one turn go out as one pipeline of XACKs, whose 1
+-- or 0 is each ack's answer. The entries are trimmed later by the flusher,
+-- off the caller's path: an acknowledged entry can no longer be delivered
+-- (it is out of the pending list and behind the group's last-delivered id).
 local function send_acks(self, b)
   if self.abatch == b then self.abatch = nil end
-  b.r, b.err = self.redis:eval(ACK_EACH, 1, self.stream, self.group, unpack(b.ids))
+  local ids, stream, group = b.ids, self.stream, self.group
+  local cmds = {}
+  for i = 1, #ids do cmds[i] = { "XACK", stream, group, ids[i] } end
+  local r, err = self.redis:batch(cmds)
+  if r then
+    local n = 0
+    for i = 1, #ids do
+      if r[i] == 1 then n = n + 1 end
+    end
+    if n > 0 then
+      self.untrimmed = self.untrimmed + n
+      start_flusher(self)
+    end
+  end
+  b.r, b.err = r, err
   b.done = true
   b.q:wake_all()
 end
@@ -441,11 +570,11 @@ function Queue:ack(msg, opts)
   if not wait then
     local a = self.acks
     a[#a + 1] = msg.id
-    if not self.flusher then self.flusher = sched.spawn(flush_acks, self)
+    if not self.flusher then start_flusher(self)
     elseif #a > 100 * ACK_BATCH then self:flush() end -- bounded: the producer waits
     return true
   end
-  -- acks waited for by several tasks in one turn share one script call
+  -- acks waited for by several tasks in one turn share one round trip
   sched.need_task(F, 2)
   local b = self.abatch
   if not b then
@@ -461,6 +590,11 @@ function Queue:ack(msg, opts)
     self.st.errors = self.st.errors + 1
     return nil, b.err
   end
+  local e = b.r.err[i]
+  if e then
+    self.st.errors = self.st.errors + 1
+    return nil, e
+  end
   if b.r[i] ~= 1 then return nil, "unknown" end
   self.st.acked = self.st.acked + 1
   return true
@@ -469,8 +603,9 @@ end
 -- Waits until every ack queued with {wait = false} has been sent.
 function Queue:flush()
   self_check("keel.redis.queue:flush", self)
-  while self.flusher or #self.acks > 0 do
-    if not self.flusher then self.flusher = sched.spawn(flush_acks, self) end
+  while self.flusher or #self.acks > 0 or self.untrimmed > 0 do
+    self.flush_now = true
+    start_flusher(self)
     self.flushed:wait(nil, "keel.redis.queue:flush")
   end
   return true
@@ -560,15 +695,27 @@ function Queue:info()
   self_check("keel.redis.queue:info", self)
   local ok, err = ensure_group(self)
   if not ok then return nil, err end
+  -- length is then what the stream holds once every acknowledged entry
+  -- that can be trimmed is
+  self:flush()
+  local t = self.redis:eval(TRIM, 1, self.stream, self.group, self.trim_slack)
+  if t then self.st.trimmed = self.st.trimmed + t end
   local r
   r, err = self.redis:pipeline(function(p)
     p:call("XLEN", self.stream)
     p:call("XPENDING", self.stream, self.group)
     p:call("XLEN", self.dead_stream)
+    p:call("XINFO", "GROUPS", self.stream)
   end)
   if not r then return nil, err end
   local pend = type(r[2]) == "table" and r[2][1] or 0
-  return { length = r[1], pending = pend, ready = (r[1] or 0) - pend, dead = r[3] }
+  local ready = (r[1] or 0) - pend
+  for _, g in ipairs(type(r[4]) == "table" and r[4] or {}) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if f.name == self.group and type(f.lag) == "number" then ready = f.lag end
+  end
+  return { length = r[1], pending = pend, ready = ready, dead = r[3] }
 end
 
 function Queue:stats()
