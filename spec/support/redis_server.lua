@@ -35,12 +35,12 @@ local function my_pid()
   return pid
 end
 
-local function pick_port()
+local function pick_port(after)
   -- derive from our pid so parallel runs rarely collide, then probe
   local pid = tonumber(sh("echo $PPID")) or os.time()
-  for i = 0, 200 do
+  for i = after or 0, 200 do
     local port = 20000 + (pid * 7 + i * 101) % 30000
-    if not port_busy(port) then return port end
+    if not port_busy(port) then return port, i end
   end
   error("redis_server: no free port found")
 end
@@ -60,6 +60,15 @@ function Server:launch()
       ">/dev/null 2>&1 &", me, self.pid, self.pid))
   end
   for _ = 1, 200 do
+    -- the probe can race with another server still letting go of the port:
+    -- an auto-picked port is then swapped for the next free one
+    local st = os.execute("kill -0 " .. self.pid .. " 2>/dev/null")
+    if self.port_index and st ~= 0 and st ~= true
+        and sh("cat " .. dir .. "/log"):find("Address already in use") and self.port_index < 200 then
+      started[self] = nil
+      self.port, self.port_index = pick_port(self.port_index + 1)
+      return self:launch()
+    end
     local pong = sh(string.format("redis-cli -p %d %s ping 2>/dev/null", self.port,
       self.password and ("-a " .. self.password .. " --no-auth-warning") or ""))
     if pong:find("PONG") then
@@ -80,7 +89,7 @@ function M.start(opts)
   opts = opts or {}
   local self = setmetatable({}, Server)
   self.dir = sh("mktemp -d /tmp/keel-redis-XXXXXX"):gsub("%s+$", "")
-  self.port = opts.port or pick_port()
+  if opts.port then self.port = opts.port else self.port, self.port_index = pick_port() end
   self.password = opts.password
   -- persist: an append-only file fsynced on every write, so whatever Redis
   -- acknowledged survives a SIGKILL and restart (for restart specs)
