@@ -396,10 +396,19 @@ static int l_batch(lua_State *L) {
             lua_pop(L, 1);
             continue; /* validated in Lua; never reached */
         }
-        const char **argv = lua_newuserdata(L, (size_t)argc * sizeof *argv);
-        size_t *lens = lua_newuserdata(L, (size_t)argc * sizeof *lens);
+        /* most commands are short: their argv lives on the C stack, and
+         * only long ones leave garbage behind */
+        const char *sargv[16];
+        size_t slens[16];
+        const char **argv = sargv;
+        size_t *lens = slens;
+        if (argc > 16) {
+            argv = lua_newuserdata(L, (size_t)argc * sizeof *argv);
+            lens = lua_newuserdata(L, (size_t)argc * sizeof *lens);
+        }
+        int extra = argc > 16 ? 2 : 0;
         for (int k = 1; k <= argc; k++) lua_rawgeti(L, base, k);
-        fill_args(L, base + 3, base + 2 + argc, argv, lens);
+        fill_args(L, base + 1 + extra, base + extra + argc, argv, lens);
         int rc = keel_redis_command(g->r, (uint64_t)(uintptr_t)b | 1u, argc, argv, lens, timeout);
         lua_settop(L, base - 1);
         if (rc != KEEL_REDIS_OK) {

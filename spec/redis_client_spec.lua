@@ -102,6 +102,21 @@ describe("keel.redis client", function()
     assert.equal(0, empty.n)
   end)
 
+  it("batches commands short and long, with numbers, and rejects bad ones", function()
+    local long = { "RPUSH", "b-list" }
+    for i = 1, 40 do long[#long + 1] = "v" .. i end -- longer than the C stack argv
+    local res = assert(c:batch {
+      { "DEL", "b-list" }, long, { "LRANGE", "b-list", 0, -1 }, { "LINDEX", "b-list", 39.0 },
+    })
+    assert.equal(4, res.n)
+    assert.equal(40, res[2])
+    assert.equal(40, #res[3])
+    assert.equal("v40", res[4])
+    assert.has_error(function() c:batch { { "GET", 0 / 0 } } end)
+    assert.has_error(function() c:batch { {} } end, "keel.redis: client:batch: missing command name")
+    assert.has_error(function() c:batch { "GET" } end, "keel.redis: client:batch: command 1 must be a table")
+  end)
+
   it("times out a call and keeps the connection usable", function()
     local v, err = c:call_timeout(100, "DEBUG", "SLEEP", "0.5")
     assert.is_nil(v)

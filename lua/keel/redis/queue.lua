@@ -312,16 +312,17 @@ function Queue:push(item, opts)
   return id
 end
 
-local function new_msg(self, id, item, attempt)
-  return { id = id, item = item, attempt = attempt, queue = self, delivered = sched.now() }
+local function new_msg(self, id, item, attempt, now)
+  return { id = id, item = item, attempt = attempt, queue = self, delivered = now }
 end
 
 local function buffer(self, list, count)
   self.more = #list >= count
+  local now = sched.now()
   for _, e in ipairs(list) do
     local t = self.btail + 1
     self.btail = t
-    self.buf[t] = new_msg(self, e[1], e[2], e[3])
+    self.buf[t] = new_msg(self, e[1], e[2], e[3], now)
     if e[3] > 1 then self.st.reclaimed = self.st.reclaimed + 1 end
   end
 end
@@ -329,12 +330,13 @@ end
 -- Entries of an XREADGROUP ">" reply: first deliveries.
 local function buffer_read(self, entries, count)
   self.more = #entries >= count
+  local now = sched.now()
   for _, e in ipairs(entries) do
     local f, item = e[2], ""
     if f then for i = 1, #f, 2 do if f[i] == "d" then item = f[i + 1] end end end
     local t = self.btail + 1
     self.btail = t
-    self.buf[t] = new_msg(self, e[1], item, 1)
+    self.buf[t] = new_msg(self, e[1], item, 1, now)
   end
 end
 
