@@ -1,6 +1,8 @@
 #include "keel_redis.h"
 #include "keel_timers.h"
 #include <hiredis/async.h>
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,8 +47,22 @@ struct keel_redis {
     uint32_t ndeliv;        /* on_reply calls since the last on_flush */
     uv_prepare_t flush_prep;
 
+    /* Name resolution runs on libuv's thread pool (hiredis would block the
+     * loop in getaddrinfo); commands issued meanwhile wait here, formatted. */
+    int resolving;
+    uint32_t dns_gen, dns_reqs;
+    uv_getaddrinfo_t *dns_req;
+    struct early { uint32_t slot; sds cmd; } *early;
+    uint32_t nearly, early_cap;
+
     keel_redis_stats_t st;
 };
+
+typedef struct {
+    uv_getaddrinfo_t req;
+    keel_redis_t *r;
+    uint32_t gen;
+} resolve_t;
 
 
 /* ---- libuv adapter ----
@@ -256,10 +272,11 @@ static void slot_fail(keel_redis_t *r, uint32_t i, int status, const char *err) 
 /* ---- freeing ---- */
 
 static void maybe_free(keel_redis_t *r) {
-    if (!r->teardown_done || r->handles_open > 0 || r->ac) return;
+    if (!r->teardown_done || r->handles_open > 0 || r->ac || r->dns_reqs > 0) return;
     void (*on_free)(void *) = r->o.on_free;
     void *ud = r->o.ud;
     keel_timers_free(r->timers);
+    free(r->early);
     free(r->timer_slot);
     free(r->slots);
     free(r->host);
@@ -379,29 +396,54 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
     }
 }
 
-static void start_connect(keel_redis_t *r) {
-    r->state = KEEL_REDIS_S_CONNECTING;
-    r->handshake_failed = 0;
-    r->connect_deadline = io_now(r) + r->o.connect_timeout_ms;
-    redisAsyncContext *ac = redisAsyncConnect(r->host, r->o.port);
+/* Commands queued while the host name was being resolved: sent once a
+ * connection attempt exists, or failed with it. */
+static void send_early(keel_redis_t *r, redisAsyncContext *ac) {
+    for (uint32_t k = 0; k < r->nearly; k++) {
+        struct early *e = &r->early[k];
+        if (redisAsyncFormattedCommand(ac, on_reply, (void *)(uintptr_t)(e->slot + 1), e->cmd, sdslen(e->cmd)) != REDIS_OK) {
+            slot_fail(r, e->slot, KEEL_REDIS_ECONN, "connection lost");
+            slot_release(r, e->slot);
+        }
+        sdsfree(e->cmd);
+    }
+    r->nearly = 0;
+}
+
+static void fail_early(keel_redis_t *r) {
+    for (uint32_t k = 0; k < r->nearly; k++) {
+        struct early *e = &r->early[k];
+        slot_fail(r, e->slot, KEEL_REDIS_ECONN, r->last_err[0] ? r->last_err : "connect failed");
+        slot_release(r, e->slot);
+        sdsfree(e->cmd);
+    }
+    r->nearly = 0;
+    flush_deliveries(r);
+}
+
+static void connect_failed(keel_redis_t *r, const char *prefix, const char *detail) {
+    set_err(r, prefix, detail);
+    r->st.connect_failures++;
+    fail_early(r);
+    schedule_reconnect(r);
+}
+
+static void connect_to(keel_redis_t *r, const char *ip) {
+    redisAsyncContext *ac = redisAsyncConnect(ip, r->o.port);
     if (!ac) {
-        set_err(r, "connect failed: ", "out of memory");
-        schedule_reconnect(r);
+        connect_failed(r, "connect failed: ", "out of memory");
         return;
     }
     if (ac->err) {
         set_err(r, "connect failed: ", ac->errstr);
-        r->st.connect_failures++;
         redisAsyncFree(ac);
-        schedule_reconnect(r);
+        connect_failed(r, "", r->last_err);
         return;
     }
     ac->data = r;
     if (ev_attach(ac, r->loop) != REDIS_OK) {
-        set_err(r, "connect failed: ", "cannot attach to loop");
-        r->st.connect_failures++;
         redisAsyncFree(ac);
-        schedule_reconnect(r);
+        connect_failed(r, "connect failed: ", "cannot attach to loop");
         return;
     }
     r->ac = ac;
@@ -425,7 +467,76 @@ static void start_connect(keel_redis_t *r) {
         size_t lens[2] = { 6, (size_t)n };
         redisAsyncCommandArgv(ac, on_handshake, "select", 2, argv, lens);
     }
+    send_early(r, ac);
     update_ref(r);
+    arm_deadline_timer(r);
+}
+
+static int is_ip_literal(const char *host) {
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+    resolve_t *q = (resolve_t *)req;
+    keel_redis_t *r = q->r;
+    uint32_t gen = q->gen;
+    free(q);
+    r->dns_reqs--;
+    if (r->closing || !r->resolving || gen != r->dns_gen) {
+        /* closed, or given up on at the connect deadline */
+        if (res) uv_freeaddrinfo(res);
+        maybe_free(r);
+        return;
+    }
+    r->resolving = 0;
+    r->dns_req = NULL;
+    /* IPv4 first, as hiredis does */
+    char ip[INET6_ADDRSTRLEN] = "";
+    for (int pass = 0; pass < 2 && !ip[0]; pass++) {
+        for (struct addrinfo *ai = res; ai && !ip[0]; ai = ai->ai_next) {
+            if (pass == 0 && ai->ai_family == AF_INET)
+                inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)ai->ai_addr)->sin_addr, ip, sizeof ip);
+            else if (pass == 1 && ai->ai_family == AF_INET6)
+                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)ai->ai_addr)->sin6_addr, ip, sizeof ip);
+        }
+    }
+    if (res) uv_freeaddrinfo(res);
+    if (!ip[0]) {
+        connect_failed(r, "connect failed: cannot resolve host: ", status ? uv_strerror(status) : "no address");
+        return;
+    }
+    connect_to(r, ip);
+}
+
+static void start_connect(keel_redis_t *r) {
+    r->state = KEEL_REDIS_S_CONNECTING;
+    r->handshake_failed = 0;
+    r->connect_deadline = io_now(r) + r->o.connect_timeout_ms;
+    if (is_ip_literal(r->host)) {
+        connect_to(r, r->host);
+        return;
+    }
+    resolve_t *q = calloc(1, sizeof *q);
+    if (!q) {
+        connect_failed(r, "connect failed: ", "out of memory");
+        return;
+    }
+    q->r = r;
+    q->gen = ++r->dns_gen;
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = uv_getaddrinfo(r->loop, &q->req, on_resolved, r->host, NULL, &hints);
+    if (rc != 0) {
+        free(q);
+        connect_failed(r, "connect failed: cannot resolve host: ", uv_strerror(rc));
+        return;
+    }
+    r->dns_reqs++;
+    r->resolving = 1;
+    r->dns_req = &q->req;
     arm_deadline_timer(r);
 }
 
@@ -433,7 +544,7 @@ static void start_connect(keel_redis_t *r) {
 
 static double next_deadline(keel_redis_t *r) {
     double d = keel_timers_next(r->timers);
-    if (r->ac && r->state == KEEL_REDIS_S_CONNECTING && (d < 0 || r->connect_deadline < d))
+    if ((r->ac || r->resolving) && r->state == KEEL_REDIS_S_CONNECTING && (d < 0 || r->connect_deadline < d))
         d = r->connect_deadline;
     return d;
 }
@@ -477,6 +588,16 @@ static void deadline_cb(uv_timer_t *t) {
      * hide that our deadline has passed */
     if (!r->clock->is_virtual) keel_clock_update(r->clock);
     double now = io_now(r);
+    if (r->resolving && now >= r->connect_deadline && !r->in_cb) {
+        /* the thread pool may be stuck on a slow resolver: give up on this
+         * request (its callback will find it abandoned) and retry later */
+        r->resolving = 0;
+        if (r->dns_req) uv_cancel((uv_req_t *)r->dns_req);
+        r->dns_req = NULL;
+        char msg[96];
+        snprintf(msg, sizeof msg, "no address for the host after %.0f ms", r->o.connect_timeout_ms);
+        connect_failed(r, "connect timeout: ", msg);
+    }
     if (r->ac && r->state == KEEL_REDIS_S_CONNECTING && now >= r->connect_deadline && !r->in_cb) {
         char msg[96];
         snprintf(msg, sizeof msg, "connect timeout: no connection after %.0f ms", r->o.connect_timeout_ms);
@@ -550,18 +671,40 @@ keel_redis_t *keel_redis_new(uv_loop_t *loop, keel_clock_t *clock, keel_rand_t *
     return r;
 }
 
+static int queue_early(keel_redis_t *r, uint32_t slot, int argc, const char **argv, const size_t *argvlen) {
+    if (r->nearly == r->early_cap) {
+        uint32_t ncap = r->early_cap ? r->early_cap * 2 : 16;
+        struct early *e = realloc(r->early, (size_t)ncap * sizeof *e);
+        if (!e) return -1;
+        r->early = e;
+        r->early_cap = ncap;
+    }
+    sds cmd = NULL;
+    if (redisFormatSdsCommandArgv(&cmd, argc, argv, argvlen) < 0 || !cmd) return -1;
+    r->early[r->nearly].slot = slot;
+    r->early[r->nearly].cmd = cmd;
+    r->nearly++;
+    return 0;
+}
+
 int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **argv,
                        const size_t *argvlen, double timeout_ms) {
     if (!r || r->closing) return KEEL_REDIS_ECLOSED;
     if (argc < 1 || !argv || !argvlen) return KEEL_REDIS_EARG;
-    if (!r->ac || r->state == KEEL_REDIS_S_BACKOFF) { r->st.conn_errors++; return KEEL_REDIS_ECONN; }
+    if ((!r->ac && !r->resolving) || r->state == KEEL_REDIS_S_BACKOFF) { r->st.conn_errors++; return KEEL_REDIS_ECONN; }
     int32_t i = slot_alloc(r);
     if (i < 0) { r->st.full++; return KEEL_REDIS_EFULL; }
     slot_t *s = &r->slots[i];
     s->req_id = req_id;
     s->state = SLOT_ACTIVE;
     s->sent_ms = io_now(r);
-    if (redisAsyncCommandArgv(r->ac, on_reply, (void *)(uintptr_t)(i + 1), argc, argv, argvlen) != REDIS_OK) {
+    if (!r->ac) {
+        if (queue_early(r, (uint32_t)i, argc, argv, argvlen) != 0) {
+            slot_release(r, (uint32_t)i);
+            r->st.full++;
+            return KEEL_REDIS_EFULL;
+        }
+    } else if (redisAsyncCommandArgv(r->ac, on_reply, (void *)(uintptr_t)(i + 1), argc, argv, argvlen) != REDIS_OK) {
         slot_release(r, (uint32_t)i);
         r->st.conn_errors++;
         return KEEL_REDIS_ECONN;
@@ -590,6 +733,15 @@ int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **
 
 static void teardown(keel_redis_t *r) {
     if (r->teardown_done) return;
+    for (uint32_t k = 0; k < r->nearly; k++) {
+        slot_fail(r, r->early[k].slot, KEEL_REDIS_ECLOSED, "client closed");
+        slot_release(r, r->early[k].slot);
+        sdsfree(r->early[k].cmd);
+    }
+    r->nearly = 0;
+    if (r->resolving && r->dns_req) uv_cancel((uv_req_t *)r->dns_req);
+    r->resolving = 0;
+    r->dns_req = NULL;
     for (uint32_t i = 0; i < r->nslots; i++)
         if (r->slots[i].state == SLOT_ACTIVE) slot_fail(r, i, KEEL_REDIS_ECLOSED, "client closed");
     flush_deliveries(r);

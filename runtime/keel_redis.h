@@ -46,7 +46,7 @@ typedef void (*keel_redis_reply_fn)(void *ud, uint64_t req_id, const redisReply 
                                     int status, const char *err);
 
 typedef struct keel_redis_opts {
-    const char *host;             /* IP or hostname; default "127.0.0.1" */
+    const char *host;             /* IP, or a name resolved with uv_getaddrinfo at each connect; default "127.0.0.1" */
     int port;                     /* default 6379 */
     const char *password;         /* NULL: no AUTH */
     size_t password_len;

@@ -188,7 +188,51 @@ describe("keel.redis.connect errors", function()
   it("fails on an unknown host", function()
     local c, err = keel.redis.connect({ host = "no-such-host.invalid" })
     assert.is_nil(c)
-    assert.matches("^conn: connect failed:", err)
+    assert.matches("^conn: connect failed: cannot resolve host: ", err)
+  end)
+
+  it("connects by host name: the name resolves off the loop, the first call waits for it", function()
+    local s = redis_server.start()
+    -- connect's own PING is issued before the name resolves: it waits, formatted, until
+    -- there is a connection to send it on
+    local c = assert(keel.redis.connect({ host = "localhost", port = s.port }))
+    local ts = {}
+    for i = 1, 20 do ts[i] = keel.spawn(function() return c:call("INCR", "dns-burst") end) end
+    local got = {}
+    for i = 1, 20 do
+      local ok, v = ts[i]:join()
+      assert.is_true(ok)
+      got[#got + 1] = v
+    end
+    table.sort(got)
+    for i = 1, 20 do assert.equal(i, got[i]) end
+    -- after a restart the client resolves the name again and recovers
+    s:restart()
+    local v
+    for _ = 1, 100 do
+      v = c:call("PING")
+      if v == "PONG" then break end
+      keel.sleep(20)
+    end
+    assert.equal("PONG", v)
+    c:close()
+    s:cleanup()
+  end)
+
+  it("closes cleanly while the host name is still being resolved", function()
+    local s = redis_server.start()
+    for _ = 1, 20 do
+      local ok, err = keel.timeout(0, keel.redis.connect, { host = "localhost", port = s.port })
+      assert.is_nil(ok)
+      assert.equal("timeout", err)
+    end
+    collectgarbage()
+    collectgarbage()
+    keel.sleep(20)
+    local c = assert(keel.redis.connect({ host = "localhost", port = s.port }))
+    assert.equal("PONG", c:call("PING"))
+    c:close()
+    s:cleanup()
   end)
 
   it("reports a wrong password clearly", function()
