@@ -530,31 +530,6 @@ function start_flusher(self)
   if not self.flusher then self.flusher = sched.spawn(flush_acks, self) end
 end
 
--- The acks waited for in one turn go out as one pipeline of XACKs, whose 1
--- or 0 is each ack's answer. The entries are trimmed later by the flusher,
--- off the caller's path: an acknowledged entry can no longer be delivered
--- (it is out of the pending list and behind the group's last-delivered id).
-local function send_acks(self, b)
-  if self.abatch == b then self.abatch = nil end
-  local ids, stream, group = b.ids, self.stream, self.group
-  local cmds = {}
-  for i = 1, #ids do cmds[i] = { "XACK", stream, group, ids[i] } end
-  local r, err = self.redis:batch(cmds)
-  if r then
-    local n = 0
-    for i = 1, #ids do
-      if r[i] == 1 then n = n + 1 end
-    end
-    if n > 0 then
-      self.untrimmed = self.untrimmed + n
-      start_flusher(self)
-    end
-  end
-  b.r, b.err = r, err
-  b.done = true
-  b.q:wake_all()
-end
-
 -- ack(msg [, {wait = false}]) -> true | nil, "unknown" | nil, "conn: ..."
 -- With wait = false the ack is queued and sent with others in one round
 -- trip; true then means "queued": if it cannot be delivered the message is
@@ -576,29 +551,21 @@ function Queue:ack(msg, opts)
     elseif #a > 100 * ACK_BATCH then self:flush() end -- bounded: the producer waits
     return true
   end
-  -- acks waited for by several tasks in one turn share one round trip
+  -- one XACK per ack: its 1 or 0 is this ack's answer, and the acks of one
+  -- turn share a write through the client's automatic pipelining. The entry
+  -- is trimmed later by the flusher, off the caller's path: acknowledged, it
+  -- can no longer be delivered (it is out of the pending list and behind the
+  -- group's last-delivered id).
   sched.need_task(F, 2)
-  local b = self.abatch
-  if not b then
-    b = { ids = {}, q = sched.waitqueue() }
-    self.abatch = b
-    sched.spawn(send_acks, self, b)
-  end
-  local i = #b.ids + 1
-  b.ids[i] = msg.id
-  if i >= ACK_BATCH then self.abatch = nil end
-  if not b.done then b.q:wait(nil, F) end
-  if not b.r then
+  local n, err = self.redis:call("XACK", self.stream, self.group, msg.id)
+  if not n then
     self.st.errors = self.st.errors + 1
-    return nil, b.err
+    return nil, err
   end
-  local e = b.r.err[i]
-  if e then
-    self.st.errors = self.st.errors + 1
-    return nil, e
-  end
-  if b.r[i] ~= 1 then return nil, "unknown" end
+  if n ~= 1 then return nil, "unknown" end
   self.st.acked = self.st.acked + 1
+  self.untrimmed = self.untrimmed + 1
+  start_flusher(self)
   return true
 end
 
