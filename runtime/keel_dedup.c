@@ -9,25 +9,29 @@
  * line) and nothing else, because at a million keys every line touched is a
  * DRAM miss. Open addressing with linear probing over 32-byte slots; the
  * insertion order lives in a separate ring of slot positions that only
- * eviction, expiry and rehash read. */
+ * eviction, expiry and rehash read.
+ *
+ * Removal shifts the rest of the probe chain back (no tombstones), so chains
+ * stay as short as the live load makes them and no purging rehash is ever
+ * needed; each slot knows its ring entry so a shifted slot can update it. */
 
 #define INLINE_KEY 16
 #define MAX_KEY 65535u
 #define REF 0x80000000u /* hit since it last left the ring head (second chance) */
 #define MIN_SLOTS 16u
-#define MAX_SLOTS 0x80000000u /* ring positions are uint32 */
+#define MAX_SLOTS 0x80000000u /* ring entries are uint32 positions */
+#define DEAD UINT32_MAX       /* ring entry of a forgotten key */
 #define PREFETCH 16
+#define LOAD 0.4
 
-enum { EMPTY = 0, LIVE, PENDING, TOMB };
+enum { EMPTY = 0, LIVE = 1 };
 
-/* PENDING: forgotten, but its ring entry still exists, so the slot may not be
- * reused until the ring head reaches it (or a rehash drops it). TOMB: free
- * for inserts but still part of probe chains. */
 typedef struct {
     uint32_t hash; /* 31-bit hash | REF */
     uint16_t len;
     uint16_t state;
-    double expires;
+    uint32_t ridx; /* this key's ring entry */
+    uint32_t moved; /* scratch for rehash: the slot's position in the new table */
     union { char in[INLINE_KEY]; char *out; } key;
 } slot_t;
 
@@ -35,12 +39,13 @@ _Static_assert(sizeof(slot_t) == 32, "two slots per cache line");
 
 struct keel_dedup {
     slot_t *tab;
-    void *tab_raw;  /* tab is tab_raw rounded up to a cache line */
-    uint32_t *ring; /* positions of LIVE and PENDING slots, oldest mark at head */
-    uint32_t mask;  /* slots - 1; the ring has as many entries as the table */
-    uint32_t cap;   /* largest table max live keys need */
+    void *tab_raw;   /* tab is tab_raw rounded up to a cache line */
+    uint32_t n;      /* slots; the ring has as many entries */
+    uint32_t cap;    /* the table never grows past this many slots */
+    uint32_t *ring;  /* slot positions (DEAD for forgotten keys), oldest mark at head */
+    double *rexp;    /* with ttl: each ring entry's expiry (marks are in time order) */
     uint32_t head, count;
-    uint32_t live, pending, tombs;
+    uint32_t live, dead;
     uint32_t max;
     const keel_clock_t *clock;
     double ttl_ms; /* 0: keys never expire */
@@ -48,35 +53,40 @@ struct keel_dedup {
     double hits, marks, evictions, expirations, key_bytes;
 };
 
-/* Rehash before occupied slots (LIVE + PENDING + TOMB) exceed 0.7 of the table. */
-static uint32_t load_limit(uint32_t slots) { return (uint32_t)((uint64_t)slots * 7 / 10); }
-
-/* The table never grows past the first power of two holding max live keys at
- * <= 0.6 load: at full that is 0.3..0.6 load, i.e. 36/0.3 = 120 bytes of slot
- * and ring per key at worst. */
+/* Enough slots for max keys at LOAD, rounded to whole cache lines; not a
+ * power of two, so at full the load is LOAD for any max (a power of two
+ * could leave it at half that, and bytes per key at twice). */
 static uint32_t cap_for(uint32_t max) {
-    uint32_t n = MIN_SLOTS;
-    while (n < MAX_SLOTS && (double)max > 0.6 * n) n *= 2;
-    return n;
+    double want = ceil((double)max / LOAD) + 1;
+    if (want > MAX_SLOTS) return MAX_SLOTS;
+    uint32_t n = (uint32_t)want;
+    n = (n + 1) & ~1u;
+    return n < MIN_SLOTS ? MIN_SLOTS : n;
 }
+
+/* Maps the 31-bit hash onto [0, n) without a division. */
+static inline uint32_t home(uint32_t h, uint32_t n) {
+    return (uint32_t)(((uint64_t)(h & KEEL_HASH_BITS) * n) >> 31);
+}
+
+static inline uint32_t next(uint32_t i, uint32_t n) { return i + 1 == n ? 0 : i + 1; }
 
 static const char *key_of(const slot_t *s) { return s->len <= INLINE_KEY ? s->key.in : s->key.out; }
 
 /* Tables of 2 MB and more are mapped and prefaulted in one call: a rehash
  * writes nearly every page of the new table, and taking those faults one 4 KB
- * page at a time was about half the cost of growing (~90 of ~190 ns per
- * insert while filling to 1M keys; prefaulted, ~55). Huge pages
+ * page at a time was about half the cost of growing. Huge pages
  * (MADV_HUGEPAGE) were tried: hits gained nothing measurable and fills
- * became erratic (163..246 ns) whenever the kernel had to compact memory
- * for them. A kernel without MADV_POPULATE_WRITE just faults lazily. */
+ * became erratic whenever the kernel had to compact memory for them. A
+ * kernel without MADV_POPULATE_WRITE just faults lazily. */
 #define BIG_TABLE ((size_t)2 << 20)
 
 static void *tab_alloc(size_t bytes) {
     if (bytes < BIG_TABLE) return calloc(bytes + 64, 1);
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p = mmap(NULL, bytes + 64, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return NULL;
 #ifdef MADV_POPULATE_WRITE
-    madvise(p, bytes, MADV_POPULATE_WRITE);
+    madvise(p, bytes + 64, MADV_POPULATE_WRITE);
 #endif
     return p;
 }
@@ -84,38 +94,39 @@ static void *tab_alloc(size_t bytes) {
 static void tab_free(void *raw, uint32_t slots) {
     size_t bytes = (size_t)slots * sizeof(slot_t);
     if (bytes < BIG_TABLE) free(raw);
-    else if (raw) munmap(raw, bytes);
+    else if (raw) munmap(raw, bytes + 64);
 }
 
-static int alloc_table(uint32_t slots, void **raw, slot_t **tab, uint32_t **ring) {
-    *raw = tab_alloc((size_t)slots * sizeof(slot_t));
-    *ring = malloc((size_t)slots * sizeof(uint32_t));
-    if (!*raw || !*ring) {
-        tab_free(*raw, slots);
-        free(*ring);
+typedef struct {
+    void *raw;
+    slot_t *tab;
+    uint32_t *ring;
+    double *rexp;
+} arrays_t;
+
+static int alloc_arrays(uint32_t slots, int with_exp, arrays_t *a) {
+    a->raw = tab_alloc((size_t)slots * sizeof(slot_t));
+    a->ring = malloc((size_t)slots * sizeof(uint32_t));
+    a->rexp = with_exp ? malloc((size_t)slots * sizeof(double)) : NULL;
+    if (!a->raw || !a->ring || (with_exp && !a->rexp)) {
+        tab_free(a->raw, slots);
+        free(a->ring);
+        free(a->rexp);
         return -1;
     }
-    *tab = (slot_t *)(((uintptr_t)*raw + 63) & ~(uintptr_t)63);
+    a->tab = (slot_t *)(((uintptr_t)a->raw + 63) & ~(uintptr_t)63);
     return 0;
 }
 
-/* A freed slot followed by an EMPTY one ends every probe chain through it, so
- * it (and the tombstones just before it) can become EMPTY instead. With
- * that and inserts reusing tombstones, ~40% of evictions at 1M keys leave
- * one, so a purging rehash comes about every million new keys. */
-static void bury(keel_dedup_t *d, uint32_t pos) {
-    slot_t *t = d->tab;
-    uint32_t m = d->mask;
-    if (t[(pos + 1) & m].state != EMPTY) {
-        t[pos].state = TOMB;
-        d->tombs++;
-        return;
-    }
-    t[pos].state = EMPTY;
-    for (uint32_t p = (pos - 1) & m; t[p].state == TOMB; p = (p - 1) & m) {
-        t[p].state = EMPTY;
-        d->tombs--;
-    }
+static void install(keel_dedup_t *d, const arrays_t *a, uint32_t slots) {
+    tab_free(d->tab_raw, d->n);
+    free(d->ring);
+    free(d->rexp);
+    d->tab_raw = a->raw;
+    d->tab = a->tab;
+    d->ring = a->ring;
+    d->rexp = a->rexp;
+    d->n = slots;
 }
 
 static void drop_key(keel_dedup_t *d, slot_t *s) {
@@ -125,23 +136,101 @@ static void drop_key(keel_dedup_t *d, slot_t *s) {
     }
 }
 
-static uint32_t ring_pop(keel_dedup_t *d) {
-    uint32_t pos = d->ring[d->head];
-    d->head = (d->head + 1) & d->mask;
-    d->count--;
-    if (d->count > PREFETCH) __builtin_prefetch(&d->tab[d->ring[(d->head + PREFETCH) & d->mask] & d->mask]);
-    return pos;
+/* Empties slot i and shifts back every later slot of the probe chain that
+ * may move there (its home is not between i and it), fixing their ring
+ * entries (Knuth's algorithm R). */
+static void remove_at(keel_dedup_t *d, uint32_t i) {
+    slot_t *t = d->tab;
+    uint32_t n = d->n, j = i;
+    for (;;) {
+        j = next(j, n);
+        if (t[j].state == EMPTY) break;
+        uint32_t h = home(t[j].hash, n);
+        /* distance home..j shorter than i..j: i is not on j's path */
+        if ((j >= h ? j - h : j + n - h) < (j >= i ? j - i : j + n - i)) continue;
+        t[i] = t[j];
+        d->ring[t[i].ridx] = i;
+        i = j;
+    }
+    t[i].state = EMPTY;
 }
 
-static void ring_push(keel_dedup_t *d, uint32_t pos) {
-    d->ring[(d->head + d->count) & d->mask] = pos;
+static inline uint32_t ring_at(const keel_dedup_t *d, uint32_t k) {
+    uint32_t r = d->head + k;
+    return r >= d->n ? r - d->n : r;
+}
+
+static uint32_t ring_pop(keel_dedup_t *d) {
+    uint32_t idx = d->head;
+    d->head = next(d->head, d->n);
+    d->count--;
+    /* the slots of a victim a few evictions ahead, and the line after
+     * them, which the shift back reads */
+    if (d->count > PREFETCH) {
+        uint32_t p = d->ring[ring_at(d, PREFETCH)];
+        if (p != DEAD) {
+            __builtin_prefetch(&d->tab[p]);
+            __builtin_prefetch(&d->tab[p + 2 < d->n ? p + 2 : 0]);
+        }
+    }
+    return idx;
+}
+
+/* Drops forgotten keys' entries and restarts the ring at 0: needed when
+ * they fill it (count never exceeds the slots otherwise, live < slots). */
+static void compact_ring(keel_dedup_t *d) {
+    uint32_t cnt = 0;
+    uint32_t *tmp = malloc((size_t)d->n * sizeof *tmp);
+    double *texp = d->rexp ? malloc((size_t)d->n * sizeof *texp) : NULL;
+    if (!tmp || (d->rexp && !texp)) {
+        /* in place, oldest first: still order-preserving, just slower */
+        free(tmp);
+        free(texp);
+        uint32_t w = d->head;
+        for (uint32_t k = 0; k < d->count; k++) {
+            uint32_t idx = ring_at(d, k);
+            uint32_t p = d->ring[idx];
+            if (p == DEAD) continue;
+            d->ring[w] = p;
+            if (d->rexp) d->rexp[w] = d->rexp[idx];
+            d->tab[p].ridx = w;
+            w = next(w, d->n);
+            cnt++;
+        }
+        d->count = cnt;
+        d->dead = 0;
+        return;
+    }
+    for (uint32_t k = 0; k < d->count; k++) {
+        uint32_t idx = ring_at(d, k);
+        uint32_t p = d->ring[idx];
+        if (p == DEAD) continue;
+        tmp[cnt] = p;
+        if (texp) texp[cnt] = d->rexp[idx];
+        d->tab[p].ridx = cnt;
+        cnt++;
+    }
+    free(d->ring);
+    free(d->rexp);
+    d->ring = tmp;
+    d->rexp = texp;
+    d->head = 0;
+    d->count = cnt;
+    d->dead = 0;
+}
+
+static uint32_t ring_push(keel_dedup_t *d, uint32_t pos) {
+    if (d->count == d->n) compact_ring(d);
+    uint32_t idx = ring_at(d, d->count);
+    d->ring[idx] = pos;
     d->count++;
+    return idx;
 }
 
 static void drop_live(keel_dedup_t *d, uint32_t pos) {
     drop_key(d, &d->tab[pos]);
     d->live--;
-    bury(d, pos);
+    remove_at(d, pos);
 }
 
 /* Every key expires at mark + ttl and marks enter the ring in time order, so
@@ -149,15 +238,14 @@ static void drop_live(keel_dedup_t *d, uint32_t pos) {
 static void expire(keel_dedup_t *d) {
     double now = d->clock->now_ms;
     while (d->count) {
-        uint32_t pos = d->ring[d->head];
-        slot_t *s = &d->tab[pos];
-        if (s->state == PENDING) {
+        uint32_t idx = d->head;
+        uint32_t pos = d->ring[idx];
+        if (pos == DEAD) {
             ring_pop(d);
-            d->pending--;
-            bury(d, pos);
+            d->dead--;
             continue;
         }
-        if (!(now >= s->expires)) break;
+        if (!(now >= d->rexp[idx])) break;
         ring_pop(d);
         drop_live(d, pos);
         d->expirations++;
@@ -170,16 +258,16 @@ static void expire(keel_dedup_t *d) {
  * within one pass because each requeue clears a REF bit. */
 static void evict_one(keel_dedup_t *d) {
     while (d->count) {
-        uint32_t pos = ring_pop(d);
-        slot_t *s = &d->tab[pos];
-        if (s->state == PENDING) {
-            d->pending--;
-            bury(d, pos);
+        uint32_t idx = ring_pop(d);
+        uint32_t pos = d->ring[idx];
+        if (pos == DEAD) {
+            d->dead--;
             continue;
         }
+        slot_t *s = &d->tab[pos];
         if (d->ttl_ms == 0 && (s->hash & REF)) {
             s->hash &= ~REF;
-            ring_push(d, pos);
+            s->ridx = ring_push(d, pos);
             continue;
         }
         drop_live(d, pos);
@@ -188,44 +276,42 @@ static void evict_one(keel_dedup_t *d) {
     }
 }
 
-/* Rebuilds table and ring together. Pass 1 walks the old table in order, so
- * both tables are read and written nearly sequentially, and leaves each moved
- * key's new position in its old slot; pass 2 walks the old ring (prefetching
- * ahead) to write the new ring in the same order. PENDING and TOMB drop out. */
-static int rehash(keel_dedup_t *d) {
-    uint32_t n = d->mask + 1, nn = n;
-    if ((uint64_t)d->live * 20 > (uint64_t)n * 7 && n < d->cap) nn = n * 2;
-    void *raw;
-    slot_t *nt;
-    uint32_t *nring;
-    if (alloc_table(nn, &raw, &nt, &nring) != 0) {
-        if (nn == n || alloc_table(nn = n, &raw, &nt, &nring) != 0) return -1;
-    }
-    slot_t *old = d->tab;
-    uint32_t nm = nn - 1;
-    for (uint32_t i = 0; i < n; i++) {
+/* Rebuilds table and ring at a new size. Pass 1 walks the old table in
+ * order, so both tables are read and written nearly sequentially, and notes
+ * each key's new position in its old slot; pass 2 walks the old ring
+ * (prefetching ahead) to write the new ring in the same order, dropping
+ * forgotten keys' entries. */
+static int grow(keel_dedup_t *d, uint32_t nn) {
+    arrays_t a;
+    if (alloc_arrays(nn, d->ttl_ms > 0, &a) != 0) return -1;
+    slot_t *old = d->tab, *nt = a.tab;
+    for (uint32_t i = 0; i < d->n; i++) {
         slot_t *s = &old[i];
         if (s->state != LIVE) continue;
-        uint32_t j = s->hash & KEEL_HASH_BITS & nm;
-        while (nt[j].state != EMPTY) j = (j + 1) & nm;
+        uint32_t j = home(s->hash, nn);
+        while (nt[j].state != EMPTY) j = next(j, nn);
         nt[j] = *s;
-        s->hash = j;
+        s->moved = j;
     }
-    uint32_t cnt = 0, m = d->mask;
+    uint32_t cnt = 0;
     for (uint32_t k = 0; k < d->count; k++) {
-        if (k + PREFETCH < d->count) __builtin_prefetch(&old[d->ring[(d->head + k + PREFETCH) & m] & m]);
-        slot_t *s = &old[d->ring[(d->head + k) & m]];
-        if (s->state == LIVE) nring[cnt++] = s->hash;
+        if (k + PREFETCH < d->count) {
+            uint32_t p = d->ring[ring_at(d, k + PREFETCH)];
+            if (p != DEAD) __builtin_prefetch(&old[p]);
+        }
+        uint32_t idx = ring_at(d, k);
+        uint32_t p = d->ring[idx];
+        if (p == DEAD) continue;
+        uint32_t np = old[p].moved;
+        a.ring[cnt] = np;
+        if (a.rexp) a.rexp[cnt] = d->rexp[idx];
+        nt[np].ridx = cnt;
+        cnt++;
     }
-    tab_free(d->tab_raw, d->mask + 1);
-    free(d->ring);
-    d->tab_raw = raw;
-    d->tab = nt;
-    d->ring = nring;
-    d->mask = nm;
+    install(d, &a, nn);
     d->head = 0;
     d->count = cnt;
-    d->pending = d->tombs = 0;
+    d->dead = 0;
     return 0;
 }
 
@@ -233,50 +319,51 @@ keel_dedup_t *keel_dedup_new(uint32_t max, double ttl_ms, const keel_clock_t *cl
     if (!clock || max == 0 || max == UINT32_MAX) return NULL;
     keel_dedup_t *d = calloc(1, sizeof *d);
     if (!d) return NULL;
-    if (alloc_table(MIN_SLOTS, &d->tab_raw, &d->tab, &d->ring) != 0) {
+    d->ttl_ms = (isnan(ttl_ms) || ttl_ms <= 0 || ttl_ms == INFINITY) ? 0 : ttl_ms;
+    arrays_t a;
+    if (alloc_arrays(MIN_SLOTS, d->ttl_ms > 0, &a) != 0) {
         free(d);
         return NULL;
     }
-    d->mask = MIN_SLOTS - 1;
+    install(d, &a, MIN_SLOTS);
     d->cap = cap_for(max);
+    if (d->cap < MIN_SLOTS) d->cap = MIN_SLOTS;
     d->max = max;
     d->clock = clock;
     d->seed = seed;
-    d->ttl_ms = (isnan(ttl_ms) || ttl_ms <= 0 || ttl_ms == INFINITY) ? 0 : ttl_ms;
     return d;
 }
 
 static void drop_all_keys(keel_dedup_t *d) {
-    for (uint32_t i = 0; i <= d->mask; i++)
+    for (uint32_t i = 0; i < d->n; i++)
         if (d->tab[i].state == LIVE) drop_key(d, &d->tab[i]);
 }
 
 void keel_dedup_free(keel_dedup_t *d) {
     if (!d) return;
     drop_all_keys(d);
-    tab_free(d->tab_raw, d->mask + 1);
+    tab_free(d->tab_raw, d->n);
     free(d->ring);
+    free(d->rexp);
     free(d);
 }
 
-/* The slot holding key as LIVE, or the EMPTY slot ending its probe chain. */
+/* The slot holding key, or the EMPTY slot ending its probe chain. */
 static uint32_t find(const keel_dedup_t *d, const char *key, size_t len, uint32_t h) {
     const slot_t *t = d->tab;
-    uint32_t m = d->mask, i = h & m;
+    uint32_t n = d->n, i = home(h, n);
     for (;;) {
         const slot_t *s = &t[i];
         if (s->state == EMPTY) return i;
-        if ((s->hash & KEEL_HASH_BITS) == h && s->len == len && s->state == LIVE &&
-            (len == 0 || memcmp(key_of(s), key, len) == 0))
+        if ((s->hash & KEEL_HASH_BITS) == h && s->len == len && (len == 0 || memcmp(key_of(s), key, len) == 0))
             return i;
-        i = (i + 1) & m;
+        i = next(i, n);
     }
 }
 
-/* First reusable (TOMB or EMPTY) slot on the probe chain of an absent key. */
 static uint32_t free_slot(const keel_dedup_t *d, uint32_t h) {
-    uint32_t m = d->mask, i = h & m;
-    while (d->tab[i].state == LIVE || d->tab[i].state == PENDING) i = (i + 1) & m;
+    uint32_t n = d->n, i = home(h, n);
+    while (d->tab[i].state != EMPTY) i = next(i, n);
     return i;
 }
 
@@ -288,33 +375,30 @@ static int insert(keel_dedup_t *d, const char *key, size_t len, uint32_t h) {
         memcpy(out, key, len);
     }
     if (d->live >= d->max) evict_one(d);
-    uint32_t pos = free_slot(d, h);
-    if (d->tab[pos].state == EMPTY) {
-        uint32_t slots = d->mask + 1;
-        if (d->live + d->pending + d->tombs + 1 > load_limit(slots) &&
-            (d->pending + d->tombs > 0 || slots < d->cap)) {
-            if (rehash(d) == 0) pos = free_slot(d, h);
-        }
-        /* rehash impossible (out of memory, or max beyond what 2^31 slots
-         * hold at 0.7): carry on while an EMPTY slot still ends every chain */
-        if (d->live + d->pending + d->tombs + 2 > d->mask + 1 && d->tab[pos].state == EMPTY) {
-            free(out);
-            return -1;
-        }
+    if ((double)d->live + 1 > LOAD * d->n && d->n < d->cap) {
+        uint32_t nn = d->n >= d->cap / 4 ? d->cap : d->n * 2;
+        /* out of memory: carry on in the table we have while it has room */
+        (void)grow(d, nn);
     }
+    /* an EMPTY slot must always end every probe chain */
+    if (d->live + 2 > d->n) {
+        free(out);
+        return -1;
+    }
+    uint32_t pos = free_slot(d, h);
     slot_t *s = &d->tab[pos];
-    if (s->state == TOMB) d->tombs--;
     s->hash = h;
     s->len = (uint16_t)len;
     s->state = LIVE;
-    s->expires = d->ttl_ms > 0 ? d->clock->now_ms + d->ttl_ms : INFINITY;
     if (out) {
         s->key.out = out;
         d->key_bytes += len;
     } else if (len) {
         memcpy(s->key.in, key, len);
     }
-    ring_push(d, pos);
+    uint32_t idx = ring_push(d, pos);
+    s->ridx = idx;
+    if (d->rexp) d->rexp[idx] = d->clock->now_ms + d->ttl_ms;
     d->live++;
     d->marks++;
     return 0;
@@ -337,12 +421,12 @@ int keel_dedup_seen(keel_dedup_t *d, const char *key, size_t len) {
 int keel_dedup_forget(keel_dedup_t *d, const char *key, size_t len) {
     if (len > MAX_KEY) return 0;
     if (d->ttl_ms > 0) expire(d);
-    slot_t *s = &d->tab[find(d, key, len, keel_hash31(d->seed, key, len))];
+    uint32_t pos = find(d, key, len, keel_hash31(d->seed, key, len));
+    slot_t *s = &d->tab[pos];
     if (s->state != LIVE) return 0;
-    drop_key(d, s);
-    s->state = PENDING;
-    d->live--;
-    d->pending++;
+    d->ring[s->ridx] = DEAD;
+    d->dead++;
+    drop_live(d, pos);
     return 1;
 }
 
@@ -353,20 +437,13 @@ uint32_t keel_dedup_size(keel_dedup_t *d) {
 
 void keel_dedup_clear(keel_dedup_t *d) {
     drop_all_keys(d);
-    void *raw;
-    slot_t *t;
-    uint32_t *ring;
-    if (alloc_table(MIN_SLOTS, &raw, &t, &ring) == 0) {
-        tab_free(d->tab_raw, d->mask + 1);
-        free(d->ring);
-        d->tab_raw = raw;
-        d->tab = t;
-        d->ring = ring;
-        d->mask = MIN_SLOTS - 1;
+    arrays_t a;
+    if (alloc_arrays(MIN_SLOTS, d->ttl_ms > 0, &a) == 0) {
+        install(d, &a, MIN_SLOTS);
     } else {
-        memset(d->tab, 0, ((size_t)d->mask + 1) * sizeof(slot_t));
+        memset(d->tab, 0, (size_t)d->n * sizeof(slot_t));
     }
-    d->head = d->count = d->live = d->pending = d->tombs = 0;
+    d->head = d->count = d->live = d->dead = 0;
 }
 
 double keel_dedup_hits(const keel_dedup_t *d) { return d->hits; }
@@ -375,6 +452,6 @@ double keel_dedup_evictions(const keel_dedup_t *d) { return d->evictions; }
 double keel_dedup_expirations(const keel_dedup_t *d) { return d->expirations; }
 
 double keel_dedup_bytes(const keel_dedup_t *d) {
-    double slots = (double)d->mask + 1;
-    return sizeof *d + slots * (sizeof(slot_t) + sizeof(uint32_t)) + 64 + d->key_bytes;
+    double per_slot = sizeof(slot_t) + sizeof(uint32_t) + (d->rexp ? sizeof(double) : 0);
+    return sizeof *d + (double)d->n * per_slot + 64 + d->key_bytes;
 }

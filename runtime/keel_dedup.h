@@ -13,9 +13,11 @@
  *    to the new end and the next oldest is tried. Not exact LRU.
  *  - with ttl: expired keys are reclaimed first, then the oldest mark (the
  *    key that would expire soonest) goes, whether or not it was hit.
- * Memory: one 32-byte slot plus a 4-byte ring entry per table slot; the
- * table is a power of two kept under 0.7 load and never grown past what max
- * keys need (<= 120 bytes per key at max), keys over 16 bytes are stored
+ * Memory: one 32-byte slot plus a 4-byte ring entry (and with ttl an
+ * 8-byte expiry) per table slot. The table doubles from 16 slots while
+ * under 0.4 load and tops out at max / 0.4 slots: at max, 90 bytes per key
+ * (110 with ttl). Removal shifts probe chains back (no tombstones), so a
+ * full table never needs a purging rehash. Keys over 16 bytes are stored
  * out of line (counted in bytes). It only shrinks on clear. */
 
 typedef struct keel_dedup keel_dedup_t;

@@ -135,9 +135,9 @@ describe("keel.dedup", function()
   it("keeps membership and mark order across growth and rehashes", function()
     local n = 3000
     local d = keel.dedup { max = n }
-    for i = 1, n do assert.is_false(d:seen("k" .. i)) end -- grows 16 -> 8192 slots on the way
-    for _ = 1, 2 do -- odd keys leave pending slots and come back as the newest marks; the
-      -- second round pushes the table over 0.7 full, so a rehash drops the pending slots
+    for i = 1, n do assert.is_false(d:seen("k" .. i)) end -- grows from 16 slots on the way
+    for _ = 1, 2 do -- odd keys are forgotten (their slots shift their chains back, their
+      -- mark-order entries go dead) and come back as the newest marks
       for i = 1, n, 2 do assert.is_true(d:forget("k" .. i)) end
       for i = 1, n, 2 do assert.is_false(d:seen("k" .. i)) end
     end
