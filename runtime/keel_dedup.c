@@ -47,6 +47,7 @@ struct keel_dedup {
     uint32_t head, count;
     uint32_t live, dead;
     uint32_t max;
+    int owed;      /* an eviction the last insert left to the next call */
     const keel_clock_t *clock;
     double ttl_ms; /* 0: keys never expire */
     uint64_t seed;
@@ -252,30 +253,6 @@ static void expire(keel_dedup_t *d) {
     }
 }
 
-/* At max: CLOCK over the ring without ttl (a key hit since it last reached
- * the head goes round once more); with ttl the head, the key that would
- * expire soonest (requeueing would break the ring's expiry order). Ends
- * within one pass because each requeue clears a REF bit. */
-static void evict_one(keel_dedup_t *d) {
-    while (d->count) {
-        uint32_t idx = ring_pop(d);
-        uint32_t pos = d->ring[idx];
-        if (pos == DEAD) {
-            d->dead--;
-            continue;
-        }
-        slot_t *s = &d->tab[pos];
-        if (d->ttl_ms == 0 && (s->hash & REF)) {
-            s->hash &= ~REF;
-            s->ridx = ring_push(d, pos);
-            continue;
-        }
-        drop_live(d, pos);
-        d->evictions++;
-        return;
-    }
-}
-
 /* Rebuilds table and ring at a new size. Pass 1 walks the old table in
  * order, so both tables are read and written nearly sequentially, and notes
  * each key's new position in its old slot; pass 2 walks the old ring
@@ -374,9 +351,10 @@ static int insert(keel_dedup_t *d, const char *key, size_t len, uint32_t h) {
         if (!out) return -1;
         memcpy(out, key, len);
     }
-    if (d->live >= d->max) evict_one(d);
     if ((double)d->live + 1 > LOAD * d->n && d->n < d->cap) {
-        uint32_t nn = d->n >= d->cap / 4 ? d->cap : d->n * 2;
+        /* by 4, not 2: on the way to a million keys that moves a third
+         * fewer keys (each a cache miss in the new table) */
+        uint32_t nn = d->n >= d->cap / 4 ? d->cap : d->n * 4;
         /* out of memory: carry on in the table we have while it has room */
         (void)grow(d, nn);
     }
@@ -401,13 +379,58 @@ static int insert(keel_dedup_t *d, const char *key, size_t len, uint32_t h) {
     if (d->rexp) d->rexp[idx] = d->clock->now_ms + d->ttl_ms;
     d->live++;
     d->marks++;
+    d->owed = d->live > d->max;
     return 0;
+}
+
+/* An insert at max leaves its eviction to the start of the next call, which
+ * does it while that call's own slot is on its way from memory: the same
+ * key goes at the same point of the sequence (every call settles first),
+ * but the work overlaps a cache miss instead of adding to one. */
+/* The eviction an insert at max owes. Without ttl, CLOCK over the ring (a
+ * key hit since it last reached the head goes round once more); with ttl
+ * the head, the key that would expire soonest (requeueing would break the
+ * ring's expiry order). Ends within one pass because each requeue clears a
+ * REF bit. The victim is chosen as if the inserted key were not marked yet:
+ * its entry stays at the ring's tail and requeued keys go just before it; it
+ * cannot be the victim, since when an eviction is owed another live key
+ * exists (live = max + 1 >= 2). */
+static void settle_owed(keel_dedup_t *d) {
+    d->owed = 0;
+    uint32_t tail = ring_at(d, d->count - 1);
+    for (;;) {
+        uint32_t idx = ring_pop(d);
+        uint32_t pos = d->ring[idx];
+        if (pos == DEAD) {
+            d->dead--;
+            continue;
+        }
+        slot_t *s = &d->tab[pos];
+        if (d->ttl_ms == 0 && (s->hash & REF)) {
+            s->hash &= ~REF;
+            uint32_t newest = d->ring[tail];
+            d->ring[tail] = pos;
+            s->ridx = tail;
+            tail = ring_push(d, newest);
+            d->tab[newest].ridx = tail;
+            continue;
+        }
+        drop_live(d, pos);
+        d->evictions++;
+        return;
+    }
+}
+
+static inline void settle(keel_dedup_t *d) {
+    if (d->owed) settle_owed(d);
 }
 
 int keel_dedup_seen(keel_dedup_t *d, const char *key, size_t len) {
     if (len > MAX_KEY) return -1;
-    if (d->ttl_ms > 0) expire(d);
     uint32_t h = keel_hash31(d->seed, key, len);
+    __builtin_prefetch(&d->tab[home(h, d->n)]);
+    settle(d);
+    if (d->ttl_ms > 0) expire(d);
     slot_t *s = &d->tab[find(d, key, len, h)];
     if (s->state == LIVE) {
         /* conditional: a clean line need not be written back */
@@ -420,6 +443,7 @@ int keel_dedup_seen(keel_dedup_t *d, const char *key, size_t len) {
 
 int keel_dedup_forget(keel_dedup_t *d, const char *key, size_t len) {
     if (len > MAX_KEY) return 0;
+    settle(d);
     if (d->ttl_ms > 0) expire(d);
     uint32_t pos = find(d, key, len, keel_hash31(d->seed, key, len));
     slot_t *s = &d->tab[pos];
@@ -431,11 +455,15 @@ int keel_dedup_forget(keel_dedup_t *d, const char *key, size_t len) {
 }
 
 uint32_t keel_dedup_size(keel_dedup_t *d) {
+    settle(d);
     if (d->ttl_ms > 0) expire(d);
     return d->live;
 }
 
 void keel_dedup_clear(keel_dedup_t *d) {
+    /* counted as the eviction and expirations they are */
+    settle(d);
+    if (d->ttl_ms > 0) expire(d);
     drop_all_keys(d);
     arrays_t a;
     if (alloc_arrays(MIN_SLOTS, d->ttl_ms > 0, &a) == 0) {
@@ -448,7 +476,7 @@ void keel_dedup_clear(keel_dedup_t *d) {
 
 double keel_dedup_hits(const keel_dedup_t *d) { return d->hits; }
 double keel_dedup_marks(const keel_dedup_t *d) { return d->marks; }
-double keel_dedup_evictions(const keel_dedup_t *d) { return d->evictions; }
+double keel_dedup_evictions(const keel_dedup_t *d) { return d->evictions + d->owed; }
 double keel_dedup_expirations(const keel_dedup_t *d) { return d->expirations; }
 
 double keel_dedup_bytes(const keel_dedup_t *d) {

@@ -14,7 +14,7 @@
  *  - with ttl: expired keys are reclaimed first, then the oldest mark (the
  *    key that would expire soonest) goes, whether or not it was hit.
  * Memory: one 32-byte slot plus a 4-byte ring entry (and with ttl an
- * 8-byte expiry) per table slot. The table doubles from 16 slots while
+ * 8-byte expiry) per table slot. The table grows 4x from 16 slots while
  * under 0.4 load and tops out at max / 0.4 slots: at max, 90 bytes per key
  * (110 with ttl). Removal shifts probe chains back (no tombstones), so a
  * full table never needs a purging rehash. Keys over 16 bytes are stored

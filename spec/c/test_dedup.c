@@ -161,7 +161,10 @@ static int run_model(uint32_t max, double ttl, int ops, int universe) {
             m.n = 0;
         }
         m_expire(&m, clock.now_ms);
-        CHECKF(keel_dedup_size(d) == (uint32_t)m.n, "op %d size %u model %d", op, keel_dedup_size(d), m.n);
+        /* not after every op: size() settles an eviction an insert at max
+         * left owed, and seen/forget must settle it the same way */
+        if (rnd(4) == 0)
+            CHECKF(keel_dedup_size(d) == (uint32_t)m.n, "op %d size %u model %d", op, keel_dedup_size(d), m.n);
     }
     m_expire(&m, clock.now_ms);
     if (same_counters(d, &m)) return 1;
