@@ -105,7 +105,7 @@ if #out == 0 and not reclaimed then reclaim() end
 return {out, dead}
 ]]
 
--- ARGV: group -> trimmed count. Acknowledged entries are not deleted one by
+-- ARGV: group, slack -> trimmed count. Acknowledged entries are not deleted one by
 -- one (XDEL walks the entry's node: several times the cost of the XACK).
 -- Everything below the oldest pending entry is acknowledged, or with nothing
 -- pending everything up to the last delivered one, and XTRIM MINID drops
