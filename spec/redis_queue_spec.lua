@@ -180,6 +180,29 @@ describe("keel.redis.queue", function()
     q:close()
   end)
 
+  it("two groups on one stream each get every message; trimming waits for both", function()
+    local a = Q.new { redis = c, prefix = "q15", group = "billing", prefetch = 2 }
+    local b = Q.new { redis = c, prefix = "q15", group = "audit", prefetch = 2 }
+    assert(b:info()) -- creates the second group before anything is pushed
+    for i = 1, 6 do assert(a:push("m" .. i)) end
+    for i = 1, 6 do
+      local m = assert(a:pop())
+      assert.equal("m" .. i, m.item)
+      assert.is_true(a:ack(m))
+    end
+    assert.equal(6, a:info().length) -- audit has read none of them
+    for _ = 1, 3 do assert.is_true(b:ack(assert(b:pop()))) end
+    assert.equal(3, b:info().length)
+    for i = 4, 6 do
+      local m = assert(b:pop())
+      assert.equal("m" .. i, m.item)
+      assert.is_true(b:ack(m))
+    end
+    assert.equal(0, a:info().length)
+    a:close()
+    b:close()
+  end)
+
   it("rejects bad arguments", function()
     assert.has_error(function() Q.new { redis = c, visibility_ms = 0 } end)
     assert.has_error(function() Q.new { redis = c, bogus = 1 } end)

@@ -7,14 +7,15 @@
 --
 -- push = XADD (refused with "full" at capacity; MAXLEN as a hard bound),
 --        pushes of one scheduler turn batched into one script.
--- pop  = one script: reclaim messages idle past visibility_ms (XAUTOCLAIM),
---        dead-letter those delivered more than max_attempts times, else read
---        new ones (XREADGROUP); when there is nothing, a blocking XREADGROUP
---        on a dedicated connection waits (bounded so reclaims keep running).
+-- pop  = every visibility_ms / 4 one script reclaims messages idle past
+--        visibility_ms (XAUTOCLAIM) and dead-letters those delivered more
+--        than max_attempts times; in between XREADGROUP reads new ones, ahead
+--        of need; when there is nothing, a blocking XREADGROUP on a dedicated
+--        connection waits (bounded so reclaims keep running).
 -- ack  = XACK, so an acknowledged message can never be delivered again (it
 --        leaves the pending list and is behind the group's last-delivered
---        id); its entry is then deleted with XDEL off the caller's path, and
---        the reclaim pass trims whatever a crash left behind (XTRIM MINID).
+--        id). Entries are dropped later, off the caller's path, by XTRIM
+--        MINID once no group reading the stream needs them.
 -- Dead-lettering is XADD to the dead-letter stream and then XACK: a crash in
 -- between duplicates a message, never loses it (and inside one script the
 -- two steps are atomic anyway).
@@ -33,40 +34,41 @@ local ACK_BATCH = 1000
 local TRIM_DELAY_MS = 2
 local TRIM_SLACK = 10000
 
--- ARGV: capacity, group, items... -> { id | false (full), ... }
--- The stream may still hold acknowledged entries whose XDEL is on its way,
--- so near capacity what counts is what the group has outstanding: pending
--- plus not yet delivered (its lag). MAXLEN then bounds the stream to that
--- plus those acknowledged entries, so it can never trim an outstanding one.
-local PUSH_MANY = redis.script [[
+-- ARGV: capacity, items... -> { id | false (full), ... }
+-- The stream also holds acknowledged entries not trimmed yet, so near
+-- capacity what counts is what is outstanding: pending plus not yet
+-- delivered (the lag), for the group furthest behind when several groups
+-- read the stream. MAXLEN then bounds the stream to that plus those
+-- acknowledged entries, so it can never trim an outstanding one.
+local PUSH_MANY = redis.script [=[
 local cap = tonumber(ARGV[1])
 local len = redis.call('XLEN', KEYS[1])
 local n = len
-if len + #ARGV - 2 > cap and len > 0 then
+if len + #ARGV - 1 > cap and len > 0 then
+  local worst
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    local name, pending, lag
-    for i = 1, #g, 2 do
-      if g[i] == 'name' then name = g[i + 1]
-      elseif g[i] == 'pending' then pending = g[i + 1]
-      elseif g[i] == 'lag' then lag = g[i + 1] end
-    end
-    if name == ARGV[2] and type(pending) == 'number' and type(lag) == 'number' then
-      n = math.min(len, pending + lag)
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if type(f.pending) == 'number' and type(f.lag) == 'number' then
+      if worst ~= false then worst = math.max(worst or 0, f.pending + f.lag) end
+    else
+      worst = false -- unknown lag: count the whole stream
     end
   end
+  if worst then n = math.min(len, worst) end
 end
 local acked = len - n
 local out = {}
-for i = 3, #ARGV do
+for i = 2, #ARGV do
   if n >= cap then
-    out[i - 2] = false
+    out[i - 1] = false
   else
-    out[i - 2] = redis.call('XADD', KEYS[1], 'MAXLEN', cap + acked, '*', 'd', ARGV[i])
+    out[i - 1] = redis.call('XADD', KEYS[1], 'MAXLEN', cap + acked, '*', 'd', ARGV[i])
     n = n + 1
   end
 end
 return out
-]]
+]=]
 
 -- ARGV: group, consumer, visibility_ms, max_attempts, count, reclaim(0/1)
 local POP = redis.script [[
@@ -86,7 +88,6 @@ local function reclaim()
     elseif n > tonumber(ARGV[4]) then
       redis.call('XADD', KEYS[2], '*', 'd', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout')
       redis.call('XACK', KEYS[1], ARGV[1], id)
-      redis.call('XDEL', KEYS[1], id)
       dead = dead + 1
     else
       out[#out + 1] = {id, item, n}
@@ -107,30 +108,41 @@ return {out, dead}
 
 -- ARGV: group, slack -> trimmed count. Acknowledged entries are not deleted one by
 -- one (XDEL walks the entry's node: several times the cost of the XACK).
--- Everything below the oldest pending entry is acknowledged, or with nothing
--- pending everything up to the last delivered one, and XTRIM MINID drops
--- those whole nodes at a time. Entries acknowledged ahead of an older
--- pending one (a slow or dead consumer's) stay until it is acknowledged or
--- dead-lettered; past TRIM_SLACK of them they are deleted in bounded steps.
+-- Every group still needs its oldest pending entry and everything after it,
+-- or with nothing pending everything after its last delivered one; XTRIM
+-- MINID drops whatever no group needs, whole nodes at a time. Entries
+-- acknowledged ahead of an older pending one (a slow or dead consumer's)
+-- stay until it is acknowledged or dead-lettered; with a single group,
+-- past `slack` of them they are deleted in bounded steps.
 local TRIM = redis.script [=[
 local group, slack = ARGV[1], tonumber(ARGV[2])
-local info
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+local function parse(id)
+  local ms, seq = string.match(id or '', '^(%d+)-(%d+)$')
+  if not ms or #ms > 15 or #seq > 15 then return nil end
+  return tonumber(ms), tonumber(seq)
+end
+local before = redis.call('XLEN', KEYS[1])
+local minms, minseq, info, oldest
+for _, g in ipairs(groups) do
   local f = {}
   for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-  if f.name == group then info = f end
+  local first = redis.call('XPENDING', KEYS[1], f.name)[2]
+  local ms, seq
+  if first then
+    ms, seq = parse(first)
+  else
+    ms, seq = parse(f['last-delivered-id'])
+    if ms then seq = seq + 1 end
+  end
+  if not ms then return 0 end -- an id we cannot reason about: trim nothing
+  if not minms or ms < minms or (ms == minms and seq < minseq) then minms, minseq = ms, seq end
+  if f.name == group then info, oldest = f, first end
 end
-if not info then return 0 end
-local before = redis.call('XLEN', KEYS[1])
-local oldest = redis.call('XPENDING', KEYS[1], group)[2]
-local minid = oldest
-if not minid then
-  local ms, seq = string.match(info['last-delivered-id'], '^(%d+)-(%d+)$')
-  if ms and #seq < 15 then minid = ms .. '-' .. string.format('%d', tonumber(seq) + 1) end
-end
-if minid then redis.call('XTRIM', KEYS[1], 'MINID', minid) end
-local lag = info.lag
-if oldest and type(lag) == 'number' then
+if not minms then return 0 end
+redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', minms, minseq))
+local lag = info and info.lag
+if #groups == 1 and oldest and type(lag) == 'number' then
   local len = redis.call('XLEN', KEYS[1])
   if len - info.pending - lag > slack then
     local last = info['last-delivered-id']
@@ -157,7 +169,6 @@ if not p[1] then return 0 end
 if tonumber(ARGV[5]) >= tonumber(ARGV[6]) then
   redis.call('XADD', KEYS[2], '*', 'd', ARGV[7], 'id', ARGV[3], 'attempts', ARGV[5], 'error', ARGV[8])
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-  redis.call('XDEL', KEYS[1], ARGV[3])
   return 2
 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
@@ -271,7 +282,7 @@ local PUSH_BATCH = 500
 
 local function send_pushes(self, b)
   if self.pbatch == b then self.pbatch = nil end
-  b.r, b.err = self.redis:eval(PUSH_MANY, 1, self.stream, self.capacity, self.group, unpack(b.items))
+  b.r, b.err = self.redis:eval(PUSH_MANY, 1, self.stream, self.capacity, unpack(b.items))
   b.done = true
   b.q:wake_all()
 end
