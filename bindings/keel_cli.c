@@ -53,6 +53,10 @@ static void catch_signals(void) {
     sa.sa_flags = SA_RESTART;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* a peer that closes a socket we are writing to (a Redis server going
+     * away mid-pipeline) must be an EPIPE error for the connection to
+     * handle, not a signal that kills the program */
+    signal(SIGPIPE, SIG_IGN);
 }
 
 static int parse_seed(const char *s, uint64_t *out) {

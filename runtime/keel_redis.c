@@ -2,6 +2,8 @@
 #include "keel_timers.h"
 #include <hiredis/async.h>
 #include <arpa/inet.h>
+#include <pthread.h>
+#include <signal.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +46,7 @@ struct keel_redis {
     int closing, abandoned, teardown_done;
     int in_cb;              /* inside a hiredis callback of r->ac */
     int in_flush;
+    int mask_sigpipe;       /* SIGPIPE is not ignored: writes block it (see write_without_sigpipe) */
     uint32_t ndeliv;        /* on_reply calls since the last on_flush */
     uv_prepare_t flush_prep;
 
@@ -79,6 +82,34 @@ typedef struct {
     int defer_write;    /* a write waits for the prepare-phase flush */
 } uv_events_t;
 
+/* hiredis writes with write(): to a socket the server has closed that
+ * raises SIGPIPE, which kills a host that did not ignore it (the keel CLI
+ * does). Then each write runs with SIGPIPE blocked in this thread, and a
+ * SIGPIPE it raised is taken off the pending set before unblocking. Hosts
+ * that ignore SIGPIPE pay nothing. */
+static int sigpipe_ignored(void) {
+    struct sigaction sa;
+    return sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN;
+}
+
+static void write_without_sigpipe(redisAsyncContext *ac, int mask) {
+    if (!mask) {
+        redisAsyncHandleWrite(ac);
+        return;
+    }
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    redisAsyncHandleWrite(ac);
+    if (!sigismember(&old, SIGPIPE)) {
+        sigset_t pending;
+        struct timespec zero = { 0, 0 };
+        if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE)) sigtimedwait(&pipe_set, NULL, &zero);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+}
+
 static void flush_deliveries(keel_redis_t *r);
 
 static void ev_poll(uv_poll_t *handle, int status, int events) {
@@ -87,7 +118,7 @@ static void ev_poll(uv_poll_t *handle, int status, int events) {
     /* r outlives this call: frees are deferred while callbacks run */
     keel_redis_t *r = p->context ? p->context->data : NULL;
     if (p->context && (ev & UV_READABLE)) redisAsyncHandleRead(p->context);
-    if (p->context && (ev & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
+    if (p->context && (ev & UV_WRITABLE)) write_without_sigpipe(p->context, r ? r->mask_sigpipe : 1);
     if (r) flush_deliveries(r);
 }
 
@@ -138,7 +169,7 @@ static void flush_cb(uv_prepare_t *h) {
     if (!p->defer_write) return;
     p->defer_write = 0;
     r->in_flush = 1;
-    redisAsyncHandleWrite(ac); /* may free ac on a write error */
+    write_without_sigpipe(ac, r->mask_sigpipe); /* may free ac on a write error */
     r->in_flush = 0;
     flush_deliveries(r);
 }
@@ -510,6 +541,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 }
 
 static void start_connect(keel_redis_t *r) {
+    r->mask_sigpipe = !sigpipe_ignored(); /* the host may change it: asked per connection */
     r->state = KEEL_REDIS_S_CONNECTING;
     r->handshake_failed = 0;
     r->connect_deadline = io_now(r) + r->o.connect_timeout_ms;

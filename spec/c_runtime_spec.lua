@@ -9,6 +9,12 @@ describe("runtime C tests", function()
     assert.matches("%d+ checks, 0 failures", out)
   end)
 
+  it("keel_redis: a peer resetting mid-pipeline ends every command once, SIGPIPE left at default", function()
+    local ok, out = ctest.run("test_redis_reset", "", "-I/usr/include/hiredis -luv -lhiredis")
+    assert.is_true(ok, out)
+    assert.matches("^ok %d+ resets, %d+ commands each ended once", out)
+  end)
+
   it("breaker, rate limiter, bulkhead and backoff cores pass their C test", function()
     local ok, out = ctest.run("resilience_test")
     assert.is_true(ok, out)

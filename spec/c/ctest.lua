@@ -7,14 +7,15 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec/c"
 local root = here:gsub("/?spec/c$", "")
 if root == "" then root = "." end
 
-function ctest.run(name, args)
+-- libs: extra compiler/linker flags (e.g. for libuv and hiredis)
+function ctest.run(name, args, libs)
   local bin = os.getenv("KEEL_BIN") or (root .. "/build/keel")
   local dir = bin:match("^(.*)/[^/]*$") or "."
   local san = dir:match("asan") and "-fsanitize=address,undefined -fno-omit-frame-pointer" or ""
   local exe = os.tmpname()
   local cmd = string.format(
-    "cc -std=c11 -O1 -g -D_GNU_SOURCE %s -I%s/runtime %s/spec/c/%s.c %s/libkeel.a -lpthread -lm -o %s 2>&1",
-    san, root, root, name, dir, exe)
+    "cc -std=c11 -O1 -g -D_GNU_SOURCE %s -I%s/runtime %s/spec/c/%s.c %s/libkeel.a %s -lpthread -lm -o %s 2>&1",
+    san, root, root, name, dir, libs or "", exe)
   local p = io.popen(cmd)
   local out = p:read("*a")
   local ok = p:close()
