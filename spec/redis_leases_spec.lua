@@ -87,6 +87,29 @@ describe("keel.redis.leases", function()
     assert.same({ nil, "held" }, { leases:acquire("k", "c", { wait_ms = nil }) })
   end)
 
+  it("a release here wakes the longest local waiter at once, not at its next poll", function()
+    -- with a one-minute poll and lease, only the local wake-up can hand it over
+    local leases = L.new { redis = c, ttl_ms = 60000, prefix = "t5b", poll_ms = 60000 }
+    local a = assert(leases:acquire("k", "a"))
+    local order = {}
+    local function wait_for(name)
+      return keel.spawn(function()
+        local lease = assert(leases:acquire("k", name, { wait_ms = 120000 }))
+        order[#order + 1] = name
+        keel.sleep(5)
+        lease:release()
+      end)
+    end
+    local b = wait_for("b")
+    keel.sleep(10)
+    local d = wait_for("d")
+    keel.sleep(10)
+    a:release()
+    assert.same({ true }, { keel.timeout(5000, function() b:join(); d:join() end) })
+    assert.same({ "b", "d" }, order) -- the longest waiter first
+    assert.is_nil(next(leases.waiting)) -- no wait queue left behind
+  end)
+
   it("keys with braces or binary bytes stay in one hash slot", function()
     local leases = L.new { redis = c, prefix = "t6" }
     local l = assert(leases:acquire("a{b}\0c", "x"))

@@ -78,6 +78,7 @@ function M.new(opts)
     name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
     prefix = common.prefix(F, opts, "leases"),
     st = { grants = 0, renewals = 0, releases = 0, refused_held = 0, lost = 0, errors = 0, waits = 0 },
+    waiting = {}, -- key -> wait queue of this process's tasks waiting for it
   }, Leases)
   metrics.register("redis_leases", self.name, self)
   return self
@@ -109,7 +110,8 @@ end
 
 -- acquire(key, owner [, {ttl_ms, wait_ms}]) -> lease | nil, "held" | "timeout" | "conn: ..."
 -- Waiting polls: it sleeps until the holder's expiry or poll_ms, whichever
--- comes first (a release elsewhere is noticed within poll_ms).
+-- comes first, so a release by another process is noticed within poll_ms;
+-- a release through this object wakes the longest waiter here at once.
 function Leases:acquire(key, owner, opts)
   local F = "leases:acquire"
   common.self(F, self, Leases)
@@ -135,7 +137,14 @@ function Leases:acquire(key, owner, opts)
     local pttl = r[2]
     if pttl < 1 then pttl = 1 end
     self.st.waits = self.st.waits + 1
-    sched.sleep(min(left, pttl, self.poll_ms), F)
+    local q = self.waiting[key]
+    if not q then
+      q = sched.waitqueue()
+      self.waiting[key] = q
+    end
+    local ok, e = pcall(q.wait, q, min(left, pttl, self.poll_ms), F)
+    if q:count() == 0 and self.waiting[key] == q then self.waiting[key] = nil end
+    if not ok then error(e, 0) end -- cancelled
   end
 end
 
@@ -163,6 +172,8 @@ function Leases:release(key, token)
   if not r then self.st.errors = self.st.errors + 1; return nil, err end
   if r == 0 then self.st.lost = self.st.lost + 1; return nil, "lost" end
   self.st.releases = self.st.releases + 1
+  local q = self.waiting[key]
+  if q then q:wake_one() end
   return true
 end
 
