@@ -466,9 +466,10 @@ static void connect_to(keel_redis_t *r, const char *ip) {
         return;
     }
     if (ac->err) {
-        set_err(r, "connect failed: ", ac->errstr);
+        char why[sizeof ac->errstr];
+        snprintf(why, sizeof why, "%s", ac->errstr);
         redisAsyncFree(ac);
-        connect_failed(r, "", r->last_err);
+        connect_failed(r, "connect failed: ", why);
         return;
     }
     ac->data = r;
