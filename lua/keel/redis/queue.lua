@@ -6,7 +6,9 @@
 --   q:ack(msg)                            -- or q:nack(msg)
 --
 -- push = XADD (refused with "full" at capacity; MAXLEN as a hard bound),
---        pushes of one scheduler turn batched into one script.
+--        pushes of one scheduler turn batched into one script. With
+--        delay_ms the message waits in a sorted set by due time (server
+--        clock) until a pop script moves it into the stream.
 -- pop  = every visibility_ms / 4 one script reclaims messages idle past
 --        visibility_ms (XAUTOCLAIM) and dead-letters those delivered more
 --        than max_attempts times; in between XREADGROUP reads new ones, ahead
@@ -32,32 +34,42 @@ local huge, min, floor = math.huge, math.min, math.floor
 local unpack = unpack or table.unpack
 local ACK_BATCH = 1000
 local TRIM_DELAY_MS = 2
+local PROMOTE_MS = 250
 local TRIM_SLACK = 10000
 
--- ARGV: capacity, items... -> { id | false (full), ... }
--- The stream also holds acknowledged entries not trimmed yet, so near
+-- Shared by the push scripts (KEYS[1] the stream, KEYS[2] the delayed set):
+-- the stream also holds acknowledged entries not trimmed yet, so near
 -- capacity what counts is what is outstanding: pending plus not yet
 -- delivered (the lag), for the group furthest behind when several groups
--- read the stream. MAXLEN then bounds the stream to that plus those
--- acknowledged entries, so it can never trim an outstanding one.
-local PUSH_MANY = redis.script [=[
-local cap = tonumber(ARGV[1])
-local len = redis.call('XLEN', KEYS[1])
-local n = len
-if len + #ARGV - 1 > cap and len > 0 then
-  local worst
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    local f = {}
-    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-    if type(f.pending) == 'number' and type(f.lag) == 'number' then
-      if worst ~= false then worst = math.max(worst or 0, f.pending + f.lag) end
-    else
-      worst = false -- unknown lag: count the whole stream
+-- read the stream, plus delayed messages. Returns that count and how many
+-- acknowledged entries the stream still holds; MAXLEN is capacity plus
+-- those, so it can never trim an outstanding message.
+local OUTSTANDING = [=[
+local function outstanding(cap, adding)
+  local len = redis.call('XLEN', KEYS[1])
+  local held = redis.call('ZCARD', KEYS[2])
+  local n = len
+  if len + held + adding > cap and len > 0 then
+    local worst
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      local f = {}
+      for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+      if type(f.pending) == 'number' and type(f.lag) == 'number' then
+        if worst ~= false then worst = math.max(worst or 0, f.pending + f.lag) end
+      else
+        worst = false -- unknown lag: count the whole stream
+      end
     end
+    if worst then n = math.min(len, worst) end
   end
-  if worst then n = math.min(len, worst) end
+  return n + held, len - n
 end
-local acked = len - n
+]=]
+
+-- ARGV: capacity, items... -> { id | false (full), ... }
+local PUSH_MANY = redis.script(OUTSTANDING .. [=[
+local cap = tonumber(ARGV[1])
+local n, acked = outstanding(cap, #ARGV - 1)
 local out = {}
 for i = 2, #ARGV do
   if n >= cap then
@@ -68,11 +80,40 @@ for i = 2, #ARGV do
   end
 end
 return out
-]=]
+]=])
 
+-- KEYS: stream, delayed set, delayed items, sequence; ARGV: capacity,
+-- delay_ms, item -> id | false (full). The due time is on the server's
+-- clock, the same for every process; the pop script moves due messages
+-- into the stream.
+local PUSH_DELAYED = redis.script(OUTSTANDING .. [=[
+local cap = tonumber(ARGV[1])
+local n = outstanding(cap, 1)
+if n >= cap then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[3], id, ARGV[3])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
+return id
+]=])
+
+-- KEYS: stream, dead stream, delayed set, delayed items
 -- ARGV: group, consumer, visibility_ms, max_attempts, count, reclaim(0/1)
+-- -> { {id, item, attempt}..., dead-lettered count, ms until the next
+--      delayed message is due or -1 }
 local POP = redis.script [[
 local out, dead = {}, 0
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
+  local item = redis.call('HGET', KEYS[4], id)
+  if item then redis.call('XADD', KEYS[1], '*', 'd', item) end
+  redis.call('HDEL', KEYS[4], id)
+  redis.call('ZREM', KEYS[3], id)
+end
+local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local next_in = nxt[2] and math.max(0, tonumber(nxt[2]) - now) or -1
 local function field(f, name)
   if not f then return nil end
   for i = 1, #f, 2 do if f[i] == name then return f[i + 1] end end
@@ -103,7 +144,7 @@ if #out == 0 then
   end
 end
 if #out == 0 and not reclaimed then reclaim() end
-return {out, dead}
+return {out, dead, next_in}
 ]]
 
 -- ARGV: group, slack -> trimmed count. Acknowledged entries are not deleted one by
@@ -227,6 +268,8 @@ function M.new(opts)
   local self = setmetatable({
     redis = client, name = name,
     stream = "{" .. prefix .. "}:s", dead_stream = "{" .. prefix .. "}:dead",
+    delayed = "{" .. prefix .. "}:delayed", delayed_items = "{" .. prefix .. "}:delayed:items",
+    seq = "{" .. prefix .. "}:seq",
     group = check.string(F, "option 'group'", opts.group, "keel"),
     consumer = opts.consumer ~= nil and check.string(F, "option 'consumer'", opts.consumer) or default_consumer(),
     capacity = check.integer(F, "option 'capacity'", opts.capacity, 1000000, 1, 2 ^ 53),
@@ -237,10 +280,10 @@ function M.new(opts)
     block_ms = check.number(F, "option 'block_ms'", opts.block_ms, min(1000, math.max(1, floor(vis / 2))), 1, 1e9),
     buf = {}, bhead = 1, btail = 0,
     blockers = {}, nblockers = 0, blocker_wait = sched.waitqueue(),
-    group_ready = false, next_reclaim = -huge,
+    group_ready = false, next_reclaim = -huge, promote_at = -huge,
     acks = {}, untrimmed = 0, trim_slack = TRIM_SLACK, nacks_pending = 0, flusher = nil, flushed = sched.waitqueue(),
     st = { pushed = 0, popped = 0, acked = 0, nacked = 0, dead_lettered = 0, reclaimed = 0, full = 0,
-           redriven = 0, errors = 0, ack_errors = 0, trimmed = 0 },
+           redriven = 0, errors = 0, ack_errors = 0, trimmed = 0, delayed = 0 },
   }, Queue)
   metrics.register("redis_queue", name, self)
   return self
@@ -282,24 +325,46 @@ local PUSH_BATCH = 500
 
 local function send_pushes(self, b)
   if self.pbatch == b then self.pbatch = nil end
-  b.r, b.err = self.redis:eval(PUSH_MANY, 1, self.stream, self.capacity, unpack(b.items))
+  b.r, b.err = self.redis:eval(PUSH_MANY, 2, self.stream, self.delayed, self.capacity, unpack(b.items))
   b.done = true
   b.q:wake_all()
 end
 
--- push(item) -> id | nil, "full" | nil, "conn: ..."
--- (a push whose task is cancelled while waiting may still be enqueued)
+-- push(item [, {delay_ms}]) -> id | nil, "full" | nil, "conn: ..."
+-- id is the stream id, or "d<n>" for a delayed message (it gets a stream
+-- id when it is due). A push whose task is cancelled while waiting may
+-- still be enqueued.
 function Queue:push(item, opts)
   local F = "keel.redis.queue:push"
   self_check(F, self)
   item = item_arg(F, item)
+  local delay = 0
   if opts ~= nil then
     check.opts(F, opts, PUSH_OPTS)
-    if opts.delay_ms or opts.priority or opts.dedup_key then
-      error(F .. ": options delay_ms, priority and dedup_key are not supported by the Redis queue", 2)
+    if opts.priority ~= nil or opts.dedup_key ~= nil then
+      error(F .. ": options priority and dedup_key are not supported by the Redis queue", 2)
     end
+    delay = check.number(F, "option 'delay_ms'", opts.delay_ms, 0, 0, 1e15)
   end
   sched.need_task(F, 2)
+  if delay > 0 then
+    local id, err = self.redis:eval(PUSH_DELAYED, 4, self.stream, self.delayed, self.delayed_items, self.seq,
+      self.capacity, floor(delay + 0.5), item)
+    if err then
+      self.st.errors = self.st.errors + 1
+      return nil, err
+    end
+    if not id then -- the script's false arrives as a null reply
+      self.st.full = self.st.full + 1
+      return nil, "full"
+    end
+    self.st.pushed = self.st.pushed + 1
+    self.st.delayed = self.st.delayed + 1
+    -- ready within PROMOTE_MS of its due time, or sooner for this process
+    local due = sched.now() + delay
+    if due < self.promote_at then self.promote_at = due end
+    return "d" .. id
+  end
   local b = self.pbatch
   if not b then
     b = { items = {}, q = sched.waitqueue() }
@@ -391,7 +456,8 @@ function fetch(self, count)
   local reclaim = now >= self.next_reclaim
   if reclaim then
     self.next_reclaim = now + math.max(10, self.visibility_ms / 4)
-  else
+  end
+  if not reclaim and now < self.promote_at then
     -- between reclaim passes new messages come straight from XREADGROUP:
     -- the script costs the server more than the read itself
     local r = self.redis:call("XREADGROUP", "GROUP", self.group, self.consumer,
@@ -403,7 +469,8 @@ function fetch(self, count)
   end
   local r
   r, err = retry_nogroup(self, function()
-    return self.redis:eval(POP, 2, self.stream, self.dead_stream, self.group, self.consumer,
+    return self.redis:eval(POP, 4, self.stream, self.dead_stream, self.delayed, self.delayed_items,
+      self.group, self.consumer,
       self.visibility_ms, self.max_attempts, count, reclaim and "1" or "0")
   end)
   if not r then self.st.errors = self.st.errors + 1; return nil, err end
@@ -413,6 +480,10 @@ function fetch(self, count)
     start_flusher(self)
   end
   self.st.dead_lettered = self.st.dead_lettered + r[2]
+  -- the script also moved due delayed messages into the stream: run it
+  -- again when the next one is due, and at least every PROMOTE_MS for
+  -- delayed messages other processes push meanwhile
+  self.promote_at = sched.now() + (r[3] >= 0 and min(r[3], PROMOTE_MS) or PROMOTE_MS)
   buffer(self, r[1], count)
   return true
 end
@@ -442,6 +513,7 @@ end
 -- Waits for new messages with a blocking XREADGROUP on a dedicated
 -- connection (or a short sleep when every blocker is busy).
 local function block(self, ms)
+  ms = math.max(1, min(ms, self.promote_at - sched.now()))
   local c = get_blocker(self)
   if not c then
     sched.sleep(min(ms, 10), "keel.redis.queue:pop")
@@ -686,6 +758,7 @@ function Queue:info()
     p:call("XPENDING", self.stream, self.group)
     p:call("XLEN", self.dead_stream)
     p:call("XINFO", "GROUPS", self.stream)
+    p:call("ZCARD", self.delayed)
   end)
   if not r then return nil, err end
   local pend = type(r[2]) == "table" and r[2][1] or 0
@@ -695,7 +768,7 @@ function Queue:info()
     for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
     if f.name == self.group and type(f.lag) == "number" then ready = f.lag end
   end
-  return { length = r[1], pending = pend, ready = ready, dead = r[3] }
+  return { length = r[1], pending = pend, ready = ready, dead = r[3], delayed = r[5] or 0 }
 end
 
 function Queue:stats()
