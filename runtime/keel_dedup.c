@@ -177,45 +177,21 @@ static uint32_t ring_pop(keel_dedup_t *d) {
     return idx;
 }
 
-/* Drops forgotten keys' entries and restarts the ring at 0: needed when
- * they fill it (count never exceeds the slots otherwise, live < slots). */
+/* Drops forgotten keys' entries, in place and in order (the write index
+ * never passes the read index): needed when they fill the ring (count never
+ * exceeds the slots otherwise, live < slots). */
 static void compact_ring(keel_dedup_t *d) {
-    uint32_t cnt = 0;
-    uint32_t *tmp = malloc((size_t)d->n * sizeof *tmp);
-    double *texp = d->rexp ? malloc((size_t)d->n * sizeof *texp) : NULL;
-    if (!tmp || (d->rexp && !texp)) {
-        /* in place, oldest first: still order-preserving, just slower */
-        free(tmp);
-        free(texp);
-        uint32_t w = d->head;
-        for (uint32_t k = 0; k < d->count; k++) {
-            uint32_t idx = ring_at(d, k);
-            uint32_t p = d->ring[idx];
-            if (p == DEAD) continue;
-            d->ring[w] = p;
-            if (d->rexp) d->rexp[w] = d->rexp[idx];
-            d->tab[p].ridx = w;
-            w = next(w, d->n);
-            cnt++;
-        }
-        d->count = cnt;
-        d->dead = 0;
-        return;
-    }
+    uint32_t cnt = 0, w = d->head;
     for (uint32_t k = 0; k < d->count; k++) {
         uint32_t idx = ring_at(d, k);
         uint32_t p = d->ring[idx];
         if (p == DEAD) continue;
-        tmp[cnt] = p;
-        if (texp) texp[cnt] = d->rexp[idx];
-        d->tab[p].ridx = cnt;
+        d->ring[w] = p;
+        if (d->rexp) d->rexp[w] = d->rexp[idx];
+        d->tab[p].ridx = w;
+        w = next(w, d->n);
         cnt++;
     }
-    free(d->ring);
-    free(d->rexp);
-    d->ring = tmp;
-    d->rexp = texp;
-    d->head = 0;
     d->count = cnt;
     d->dead = 0;
 }

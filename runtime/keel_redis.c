@@ -441,21 +441,21 @@ static void send_early(keel_redis_t *r, redisAsyncContext *ac) {
     r->nearly = 0;
 }
 
-static void fail_early(keel_redis_t *r) {
+static void fail_early(keel_redis_t *r, int status, const char *why) {
     for (uint32_t k = 0; k < r->nearly; k++) {
         struct early *e = &r->early[k];
-        slot_fail(r, e->slot, KEEL_REDIS_ECONN, r->last_err[0] ? r->last_err : "connect failed");
+        slot_fail(r, e->slot, status, why);
         slot_release(r, e->slot);
         sdsfree(e->cmd);
     }
     r->nearly = 0;
-    flush_deliveries(r);
 }
 
 static void connect_failed(keel_redis_t *r, const char *prefix, const char *detail) {
     set_err(r, prefix, detail);
     r->st.connect_failures++;
-    fail_early(r);
+    fail_early(r, KEEL_REDIS_ECONN, r->last_err);
+    flush_deliveries(r);
     schedule_reconnect(r);
 }
 
@@ -766,12 +766,7 @@ int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **
 
 static void teardown(keel_redis_t *r) {
     if (r->teardown_done) return;
-    for (uint32_t k = 0; k < r->nearly; k++) {
-        slot_fail(r, r->early[k].slot, KEEL_REDIS_ECLOSED, "client closed");
-        slot_release(r, r->early[k].slot);
-        sdsfree(r->early[k].cmd);
-    }
-    r->nearly = 0;
+    fail_early(r, KEEL_REDIS_ECLOSED, "client closed");
     if (r->resolving && r->dns_req) uv_cancel((uv_req_t *)r->dns_req);
     r->resolving = 0;
     r->dns_req = NULL;
