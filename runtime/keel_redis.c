@@ -1,15 +1,32 @@
 #include "keel_redis.h"
 #include "keel_timers.h"
-#include <hiredis/async.h>
 #include <arpa/inet.h>
-#include <pthread.h>
-#include <signal.h>
+#include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* The connection is our own: a non-blocking socket on a uv_poll handle,
+ * commands formatted straight into one output buffer, replies parsed by
+ * hiredis' reader (its only part we use) and matched to requests through a
+ * FIFO of slot indices. hiredis' async layer allocated a callback record,
+ * formatted through sds and compared every command name against the
+ * pub/sub commands; at hundreds of thousands of calls a second that was a
+ * third of the client's time. */
 
 enum { SLOT_FREE = 0, SLOT_ACTIVE = 1, SLOT_ABANDONED = 2 };
+
+/* FIFO entries are slot indices, or these for the connection's handshake */
+#define FIFO_AUTH   0xFFFFFFFEu
+#define FIFO_SELECT 0xFFFFFFFDu
+
+#define READ_CHUNK 65536
+#define OUT_KEEP   (256 * 1024) /* an emptied output buffer bigger than this is given back */
 
 typedef struct {
     uint64_t req_id;
@@ -26,9 +43,20 @@ struct keel_redis {
     keel_redis_opts_t o;
     char *host, *password, *username;
 
-    redisAsyncContext *ac;
+    int fd;                 /* -1: no connection (attempt) */
+    int connected;          /* the TCP connect has completed */
+    uv_poll_t *poll;        /* watches fd; freed from its close callback */
+    int poll_events;        /* what poll is registered for */
+    redisReader *reader;
+    char *inbuf;            /* READ_CHUNK bytes */
+
+    char *out;              /* formatted commands not yet written */
+    size_t out_pos, out_len, out_cap;
+    uint32_t *fifo;         /* requests in send order, awaiting replies */
+    uint32_t fhead, flen, fcap;
+
     int state;
-    int handshake_failed;   /* AUTH/SELECT failed: replies on this ac are not trusted */
+    int handshake_failed;   /* AUTH/SELECT failed: last_err says why */
     int attempt;            /* consecutive failed connects, for backoff */
     double connect_deadline;
     double last_reply_ms;
@@ -42,21 +70,17 @@ struct keel_redis {
     uint32_t timer_slot_cap;
 
     uv_timer_t deadline_timer, backoff_timer, close_timer;
-    int handles_open;
-    int closing, abandoned, teardown_done;
-    int in_cb;              /* inside a hiredis callback of r->ac */
-    int in_flush;
-    int mask_sigpipe;       /* SIGPIPE is not ignored: writes block it (see write_without_sigpipe) */
-    uint32_t ndeliv;        /* on_reply calls since the last on_flush */
     uv_prepare_t flush_prep;
+    int handles_open;       /* including a closing poll handle */
+    int closing, abandoned, teardown_done;
+    int in_cb;              /* inside a callback to the user, or processing a read */
+    uint32_t ndeliv;        /* on_reply calls since the last on_flush */
 
-    /* Name resolution runs on libuv's thread pool (hiredis would block the
-     * loop in getaddrinfo); commands issued meanwhile wait here, formatted. */
+    /* Name resolution runs on libuv's thread pool (getaddrinfo would block
+     * the loop); commands issued meanwhile wait in the output buffer. */
     int resolving;
     uint32_t dns_gen, dns_reqs;
     uv_getaddrinfo_t *dns_req;
-    struct early { uint32_t slot; sds cmd; } *early;
-    uint32_t nearly, early_cap;
 
     keel_redis_stats_t st;
 };
@@ -67,140 +91,10 @@ typedef struct {
     uint32_t gen;
 } resolve_t;
 
-
-/* ---- libuv adapter ----
- * Our own copy of hiredis' adapters/libuv.h: the 0.14 one ignores a poll
- * callback with a non-zero status, which libuv uses to report a refused or
- * reset socket, so a failed connect would never be noticed. On error we let
- * hiredis try the pending direction(s) so it sees the socket error itself. */
-
-typedef struct {
-    redisAsyncContext *context;
-    uv_poll_t handle;
-    int events;         /* wanted */
-    int active;         /* registered with the poll handle */
-    int defer_write;    /* a write waits for the prepare-phase flush */
-} uv_events_t;
-
-/* hiredis writes with write(): to a socket the server has closed that
- * raises SIGPIPE, which kills a host that did not ignore it (the keel CLI
- * does). Then each write runs with SIGPIPE blocked in this thread, and a
- * SIGPIPE it raised is taken off the pending set before unblocking. Hosts
- * that ignore SIGPIPE pay nothing. */
-static int sigpipe_ignored(void) {
-    struct sigaction sa;
-    return sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN;
-}
-
-static void write_without_sigpipe(redisAsyncContext *ac, int mask) {
-    if (!mask) {
-        redisAsyncHandleWrite(ac);
-        return;
-    }
-    sigset_t pipe_set, old;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-    redisAsyncHandleWrite(ac);
-    if (!sigismember(&old, SIGPIPE)) {
-        sigset_t pending;
-        struct timespec zero = { 0, 0 };
-        if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE)) sigtimedwait(&pipe_set, NULL, &zero);
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-    }
-}
-
-static void flush_deliveries(keel_redis_t *r);
-
-static void ev_poll(uv_poll_t *handle, int status, int events) {
-    uv_events_t *p = handle->data;
-    int ev = status ? p->events : events;
-    /* r outlives this call: frees are deferred while callbacks run */
-    keel_redis_t *r = p->context ? p->context->data : NULL;
-    if (p->context && (ev & UV_READABLE)) redisAsyncHandleRead(p->context);
-    if (p->context && (ev & UV_WRITABLE)) write_without_sigpipe(p->context, r ? r->mask_sigpipe : 1);
-    if (r) flush_deliveries(r);
-}
-
-/* uv_poll_start re-registers with epoll even when nothing changed: only
- * call it on a real change of the mask */
-static void ev_update(uv_events_t *p) {
-    if (p->events == p->active) return;
-    p->active = p->events;
-    if (p->events) uv_poll_start(&p->handle, p->events, ev_poll);
-    else uv_poll_stop(&p->handle);
-}
-
-static void flush_cb(uv_prepare_t *h);
-
-/* Writes are flushed once per loop iteration, just before the loop polls,
- * by writing to the socket directly: every command queued during the
- * iteration goes out in one write, without asking epoll about writability
- * (the socket almost always is). Only a partial write (full socket buffer)
- * or a connect in progress waits for UV_WRITABLE. */
-static void ev_add_write(void *d) {
-    uv_events_t *p = d;
-    redisAsyncContext *ac = p->context;
-    keel_redis_t *r = ac ? ac->data : NULL;
-    if (r && (ac->c.flags & REDIS_CONNECTED) && !r->in_flush && r->ac == ac) {
-        p->defer_write = 1;
-        if (!uv_is_active((uv_handle_t *)&r->flush_prep)) uv_prepare_start(&r->flush_prep, flush_cb);
-        return;
-    }
-    p->events |= UV_WRITABLE;
-    ev_update(p);
-}
-
-static void ev_add_read(void *d) { uv_events_t *p = d; p->events |= UV_READABLE; ev_update(p); }
-static void ev_del_read(void *d) { uv_events_t *p = d; p->events &= ~UV_READABLE; ev_update(p); }
-static void ev_del_write(void *d) {
-    uv_events_t *p = d;
-    p->defer_write = 0;
-    p->events &= ~UV_WRITABLE;
-    ev_update(p);
-}
-
-static void flush_cb(uv_prepare_t *h) {
-    keel_redis_t *r = h->data;
-    uv_prepare_stop(h);
-    redisAsyncContext *ac = r->ac;
-    if (!ac || !ac->ev.data) return;
-    uv_events_t *p = ac->ev.data;
-    if (!p->defer_write) return;
-    p->defer_write = 0;
-    r->in_flush = 1;
-    write_without_sigpipe(ac, r->mask_sigpipe); /* may free ac on a write error */
-    r->in_flush = 0;
-    flush_deliveries(r);
-}
-
-static void ev_on_close(uv_handle_t *h) { free(h->data); }
-
-static void ev_cleanup(void *d) {
-    uv_events_t *p = d;
-    p->context = NULL;
-    uv_close((uv_handle_t *)&p->handle, ev_on_close);
-}
-
-static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop) {
-    if (ac->ev.data) return REDIS_ERR;
-    uv_events_t *p = calloc(1, sizeof *p);
-    if (!p) return REDIS_ERR;
-    if (uv_poll_init(loop, &p->handle, ac->c.fd) != 0) { free(p); return REDIS_ERR; }
-    ac->ev.addRead = ev_add_read;
-    ac->ev.delRead = ev_del_read;
-    ac->ev.addWrite = ev_add_write;
-    ac->ev.delWrite = ev_del_write;
-    ac->ev.cleanup = ev_cleanup;
-    ac->ev.data = p;
-    p->handle.data = p;
-    p->context = ac;
-    return REDIS_OK;
-}
-
 static void start_connect(keel_redis_t *r);
 static void arm_deadline_timer(keel_redis_t *r);
 static void backoff_cb(uv_timer_t *t);
+static void lose_connection(keel_redis_t *r, const char *prefix, const char *detail);
 
 /* Deadlines of network waits. Real mode: the runtime clock. Virtual mode
  * (--sim): virtual time stands still while a task waits for a reply (the
@@ -227,14 +121,11 @@ static void set_err(keel_redis_t *r, const char *prefix, const char *detail) {
 /* ---- handle references: keep the loop alive only while someone waits ---- */
 
 static void update_ref(keel_redis_t *r) {
-    int busy = !r->closing && (r->pending > 0);
-    if (r->ac && r->ac->ev.data) {
-        uv_events_t *p = r->ac->ev.data;
-        /* an idle client, even one reconnecting, never keeps a finished
-         * program alive */
-        if (busy) uv_ref((uv_handle_t *)&p->handle);
-        else uv_unref((uv_handle_t *)&p->handle);
-    }
+    if (!r->poll) return;
+    /* an idle client, even one reconnecting, never keeps a finished
+     * program alive */
+    if (!r->closing && r->pending > 0) uv_ref((uv_handle_t *)r->poll);
+    else uv_unref((uv_handle_t *)r->poll);
 }
 
 /* ---- request slots ---- */
@@ -256,8 +147,9 @@ static int32_t slot_alloc(keel_redis_t *r) {
     uint32_t i = r->free_head;
     r->free_head = (uint32_t)r->slots[i].next_free;
     r->pending++;
-    memset(&r->slots[i], 0, sizeof r->slots[i]);
-    r->slots[i].timer = -1;
+    slot_t *s = &r->slots[i];
+    s->timer = -1;
+    s->state = SLOT_FREE;
     return (int32_t)i;
 }
 
@@ -289,8 +181,9 @@ static void flush_deliveries(keel_redis_t *r) {
     r->in_cb--;
 }
 
-/* Ends a slot's request now (timeout, close) without waiting for its reply;
- * the slot itself stays allocated until hiredis hands it back. */
+/* Ends a slot's request now (timeout, loss, close) without waiting for its
+ * reply; a slot whose command went out stays allocated until its reply
+ * arrives or the connection ends. */
 static void slot_fail(keel_redis_t *r, uint32_t i, int status, const char *err) {
     slot_t *s = &r->slots[i];
     if (s->state != SLOT_ACTIVE) return;
@@ -300,16 +193,124 @@ static void slot_fail(keel_redis_t *r, uint32_t i, int status, const char *err) 
     deliver(r, s->req_id, NULL, status, err);
 }
 
+/* ---- the request FIFO ---- */
+
+static int fifo_reserve(keel_redis_t *r, uint32_t extra) {
+    if (r->flen + extra <= r->fcap) return 0;
+    uint32_t ncap = r->fcap ? r->fcap : 64;
+    while (ncap < r->flen + extra) ncap *= 2;
+    uint32_t *f = malloc((size_t)ncap * sizeof *f);
+    if (!f) return -1;
+    for (uint32_t k = 0; k < r->flen; k++) f[k] = r->fifo[(r->fhead + k) & (r->fcap - 1)];
+    free(r->fifo);
+    r->fifo = f;
+    r->fcap = ncap;
+    r->fhead = 0;
+    return 0;
+}
+
+static void fifo_push(keel_redis_t *r, uint32_t e) { /* after fifo_reserve */
+    r->fifo[(r->fhead + r->flen) & (r->fcap - 1)] = e;
+    r->flen++;
+}
+
+static void fifo_push_front(keel_redis_t *r, uint32_t e) { /* after fifo_reserve */
+    r->fhead = (r->fhead - 1) & (r->fcap - 1);
+    r->fifo[r->fhead] = e;
+    r->flen++;
+}
+
+static uint32_t fifo_pop(keel_redis_t *r) {
+    uint32_t e = r->fifo[r->fhead];
+    r->fhead = (r->fhead + 1) & (r->fcap - 1);
+    r->flen--;
+    return e;
+}
+
+/* Ends every request of a connection that is gone. Commands issued from
+ * inside a failure callback find no connection (ECONN) and never join the
+ * FIFO, so a bounded drain is enough. */
+static void fail_fifo(keel_redis_t *r, int status, const char *why) {
+    for (uint32_t n = r->flen; n > 0 && r->flen > 0; n--) {
+        uint32_t e = fifo_pop(r);
+        if (e == FIFO_AUTH || e == FIFO_SELECT) continue;
+        if (r->slots[e].state == SLOT_ACTIVE && status == KEEL_REDIS_ECONN) r->st.conn_errors++;
+        slot_fail(r, e, status, why);
+        slot_release(r, e);
+    }
+    r->out_pos = r->out_len = 0;
+}
+
+/* ---- formatting (RESP2 multi-bulk) ---- */
+
+static size_t digits(size_t v) {
+    size_t n = 1;
+    while (v >= 10) { v /= 10; n++; }
+    return n;
+}
+
+static char *put_uint(char *p, size_t v, size_t nd) {
+    char *end = p + nd;
+    do { *--end = (char)('0' + v % 10); v /= 10; } while (v);
+    return p + nd;
+}
+
+static int out_reserve(keel_redis_t *r, size_t need) {
+    if (r->out_len + need <= r->out_cap) return 0;
+    if (r->out_pos > 0) { /* written bytes at the front: reclaim them first */
+        memmove(r->out, r->out + r->out_pos, r->out_len - r->out_pos);
+        r->out_len -= r->out_pos;
+        r->out_pos = 0;
+        if (r->out_len + need <= r->out_cap) return 0;
+    }
+    size_t ncap = r->out_cap ? r->out_cap : 16384;
+    while (ncap < r->out_len + need) {
+        if (ncap > SIZE_MAX / 2) return -1;
+        ncap *= 2;
+    }
+    char *o = realloc(r->out, ncap);
+    if (!o) return -1;
+    r->out = o;
+    r->out_cap = ncap;
+    return 0;
+}
+
+static int append_command(keel_redis_t *r, int argc, const char **argv, const size_t *lens) {
+    size_t need = 1 + digits((size_t)argc) + 2;
+    for (int i = 0; i < argc; i++) {
+        if (lens[i] > SIZE_MAX / 2 - need) return -1;
+        need += 1 + digits(lens[i]) + 2 + lens[i] + 2;
+    }
+    if (out_reserve(r, need) != 0) return -1;
+    char *p = r->out + r->out_len;
+    *p++ = '*';
+    p = put_uint(p, (size_t)argc, digits((size_t)argc));
+    *p++ = '\r'; *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        size_t len = lens[i];
+        *p++ = '$';
+        p = put_uint(p, len, digits(len));
+        *p++ = '\r'; *p++ = '\n';
+        if (len) memcpy(p, argv[i], len);
+        p += len;
+        *p++ = '\r'; *p++ = '\n';
+    }
+    r->out_len = (size_t)(p - r->out);
+    return 0;
+}
+
 /* ---- freeing ---- */
 
 static void maybe_free(keel_redis_t *r) {
-    if (!r->teardown_done || r->handles_open > 0 || r->ac || r->dns_reqs > 0) return;
+    if (!r->teardown_done || r->handles_open > 0 || r->dns_reqs > 0) return;
     void (*on_free)(void *) = r->o.on_free;
     void *ud = r->o.ud;
     keel_timers_free(r->timers);
-    free(r->early);
     free(r->timer_slot);
     free(r->slots);
+    free(r->fifo);
+    free(r->out);
+    free(r->inbuf);
     free(r->host);
     free(r->password);
     free(r->username);
@@ -323,42 +324,35 @@ static void on_handle_closed(uv_handle_t *h) {
     maybe_free(r);
 }
 
-/* ---- hiredis callbacks ---- */
+static void on_poll_closed(uv_handle_t *h) {
+    keel_redis_t *r = h->data;
+    free(h);
+    r->handles_open--;
+    maybe_free(r);
+}
 
-static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
-    keel_redis_t *r = ac->data;
-    uint32_t i = (uint32_t)((uintptr_t)privdata - 1);
-    redisReply *rep = reply;
-    slot_t *s = &r->slots[i];
-    r->in_cb++;
-    if (rep) { r->last_reply_ms = io_now(r); r->stale_timeouts = 0; }
-    if (s->state == SLOT_ACTIVE) {
-        uint64_t id = s->req_id;
-        s->state = SLOT_ABANDONED; /* nothing may fail it twice while we deliver */
-        if (s->timer >= 0) keel_timers_cancel(r->timers, s->timer);
-        s->timer = -1;
-        if (!rep) {
-            r->st.conn_errors++;
-            char buf[300];
-            const char *why = r->last_err[0] ? r->last_err : "connection lost";
-            if (r->ac == ac && ac->err && ac->errstr[0] && !r->handshake_failed) {
-                snprintf(buf, sizeof buf, "connection lost: %s", ac->errstr);
-                why = buf;
-            }
-            deliver(r, id, NULL, r->closing ? KEEL_REDIS_ECLOSED : KEEL_REDIS_ECONN,
-                    r->closing ? "client closed" : why);
-        } else if (r->handshake_failed) {
-            r->st.conn_errors++;
-            deliver(r, id, NULL, KEEL_REDIS_ECONN, r->last_err);
-        } else {
-            r->st.replies++;
-            if (rep->type == REDIS_REPLY_ERROR) r->st.error_replies++;
-            deliver(r, id, rep, KEEL_REDIS_OK, NULL);
-        }
+/* ---- the socket ---- */
+
+static void on_poll(uv_poll_t *h, int status, int events);
+
+static void set_poll(keel_redis_t *r, int events) {
+    if (!r->poll || r->poll_events == events) return;
+    r->poll_events = events;
+    uv_poll_start(r->poll, events, on_poll);
+}
+
+static void close_socket(keel_redis_t *r) {
+    /* the poll handle goes first: libuv must stop watching fd before it is closed */
+    if (r->poll) {
+        uv_close((uv_handle_t *)r->poll, on_poll_closed);
+        r->poll = NULL;
     }
-    slot_release(r, i);
-    r->in_cb--;
-    update_ref(r);
+    if (r->fd >= 0) close(r->fd);
+    r->fd = -1;
+    if (r->reader) redisReaderFree(r->reader);
+    r->reader = NULL;
+    r->connected = 0;
+    r->poll_events = 0;
 }
 
 static void schedule_reconnect(keel_redis_t *r) {
@@ -381,125 +375,292 @@ static void backoff_cb(uv_timer_t *t) {
     start_connect(r);
 }
 
-static void on_connect(const redisAsyncContext *ac, int status) {
-    keel_redis_t *r = ac->data;
-    if (r->ac != ac) return;
-    if (status != REDIS_OK) {
-        /* hiredis frees ac after this returns and fails its queued commands */
-        r->st.connect_failures++;
-        set_err(r, "connect failed: ", ac->errstr);
-        r->ac = NULL;
-        schedule_reconnect(r);
+/* The connection (or the attempt at one) is gone: every request on it
+ * fails, and a new one is dialled after a backoff. prefix+detail become
+ * last_err unless a failed handshake already said what went wrong. */
+static void lose_connection(keel_redis_t *r, const char *prefix, const char *detail) {
+    int was_connected = r->connected;
+    if (detail && !r->handshake_failed) set_err(r, prefix, detail);
+    close_socket(r);
+    if (!was_connected) r->st.connect_failures++;
+    if (r->closing) {
+        fail_fifo(r, KEEL_REDIS_ECLOSED, "client closed");
+        flush_deliveries(r);
         return;
     }
+    /* commands issued from the failure callbacks fail fast */
+    r->state = KEEL_REDIS_S_BACKOFF;
+    fail_fifo(r, KEEL_REDIS_ECONN, r->last_err[0] ? r->last_err : "connection lost");
+    flush_deliveries(r);
+    schedule_reconnect(r);
+}
+
+/* No socket could even be made (resolution failed or timed out, no memory). */
+static void connect_failed(keel_redis_t *r, const char *prefix, const char *detail) {
+    set_err(r, prefix, detail);
+    r->st.connect_failures++;
+    r->state = KEEL_REDIS_S_BACKOFF;
+    fail_fifo(r, KEEL_REDIS_ECONN, r->last_err);
+    flush_deliveries(r);
+    schedule_reconnect(r);
+}
+
+static void flush_out(keel_redis_t *r);
+
+/* Returns 0 when the connection went away while reading. */
+static int process_replies(keel_redis_t *r) {
+    for (;;) {
+        void *reply = NULL;
+        if (redisReaderGetReply(r->reader, &reply) != REDIS_OK) {
+            char why[sizeof r->reader->errstr];
+            snprintf(why, sizeof why, "%s", r->reader->errstr);
+            lose_connection(r, "connection lost: ", why);
+            return 0;
+        }
+        if (!reply) return 1;
+        redisReply *rep = reply;
+        if (r->flen == 0) {
+            freeReplyObject(rep);
+            lose_connection(r, "connection lost: ", "Protocol error: a reply to no request");
+            return 0;
+        }
+        r->last_reply_ms = io_now(r);
+        r->stale_timeouts = 0;
+        uint32_t e = fifo_pop(r);
+        if (e == FIFO_AUTH || e == FIFO_SELECT) {
+            if (rep->type == REDIS_REPLY_ERROR) {
+                set_err(r, e == FIFO_AUTH ? "auth failed: " : "select failed: ", rep->str);
+                r->handshake_failed = 1;
+                freeReplyObject(rep);
+                lose_connection(r, NULL, NULL);
+                return 0;
+            }
+            freeReplyObject(rep);
+            continue;
+        }
+        slot_t *s = &r->slots[e];
+        if (s->state == SLOT_ACTIVE) {
+            uint64_t id = s->req_id;
+            s->state = SLOT_ABANDONED; /* nothing may fail it twice while we deliver */
+            if (s->timer >= 0) keel_timers_cancel(r->timers, s->timer);
+            s->timer = -1;
+            r->st.replies++;
+            if (rep->type == REDIS_REPLY_ERROR) r->st.error_replies++;
+            deliver(r, id, rep, KEEL_REDIS_OK, NULL);
+        }
+        slot_release(r, e);
+        freeReplyObject(rep);
+    }
+}
+
+static void read_replies(keel_redis_t *r) {
+    for (;;) {
+        ssize_t n = recv(r->fd, r->inbuf, READ_CHUNK, 0);
+        if (n > 0) {
+            if (redisReaderFeed(r->reader, r->inbuf, (size_t)n) != REDIS_OK) {
+                lose_connection(r, "connection lost: ", "out of memory");
+                return;
+            }
+            if (!process_replies(r)) return;
+            if (n < READ_CHUNK) return; /* drained: spare the recv that would say EAGAIN */
+            continue;
+        }
+        if (n == 0) {
+            lose_connection(r, "connection lost: ", "Server closed the connection");
+            return;
+        }
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) lose_connection(r, "connection lost: ", strerror(errno));
+        return;
+    }
+}
+
+/* MSG_NOSIGNAL: a write to a connection the server closed is an EPIPE
+ * error here, never a SIGPIPE that kills a host which did not ignore it. */
+static void flush_out(keel_redis_t *r) {
+    while (r->out_pos < r->out_len) {
+        ssize_t n = send(r->fd, r->out + r->out_pos, r->out_len - r->out_pos, MSG_NOSIGNAL);
+        if (n > 0) { r->out_pos += (size_t)n; continue; }
+        if (n < 0 && errno == EINTR) continue;
+        if (n == 0 || errno == EAGAIN || errno == EWOULDBLOCK) {
+            set_poll(r, UV_READABLE | UV_WRITABLE);
+            return;
+        }
+        int err = errno;
+        /* the server may have answered (and closed) before we finished: its
+         * last replies, often the reason it closed, still count */
+        read_replies(r);
+        if (r->fd >= 0) lose_connection(r, "connection lost: ", strerror(err));
+        return;
+    }
+    r->out_pos = r->out_len = 0;
+    if (r->out_cap > OUT_KEEP) { /* one huge command must not pin its buffer */
+        free(r->out);
+        r->out = NULL;
+        r->out_cap = 0;
+    }
+    set_poll(r, UV_READABLE);
+}
+
+static void on_connected(keel_redis_t *r) {
+    r->connected = 1;
     r->st.connects++;
     if (r->attempt > 0 || r->st.connects > 1) r->st.reconnects++;
     r->attempt = 0;
     r->stale_timeouts = 0;
     if (!r->handshake_failed) r->state = KEEL_REDIS_S_READY;
+    flush_out(r); /* the handshake and whatever was issued while connecting */
     update_ref(r);
     arm_deadline_timer(r);
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status) {
-    keel_redis_t *r = ac->data;
-    if (r->ac != ac) return;
-    r->ac = NULL;
-    if (status != REDIS_OK && !r->handshake_failed) set_err(r, "connection lost: ", ac->errstr);
-    if (r->closing) { maybe_free(r); return; }
-    schedule_reconnect(r);
+static int socket_error(int fd) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return errno;
+    return err;
 }
 
-static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
-    keel_redis_t *r = ac->data;
-    redisReply *rep = reply;
-    const char *what = privdata; /* "auth" or "select" */
-    if (!rep || r->ac != ac) return;
-    if (rep->type == REDIS_REPLY_ERROR) {
-        char pre[32];
-        snprintf(pre, sizeof pre, "%s failed: ", what);
-        set_err(r, pre, rep->str);
-        r->handshake_failed = 1;
-        r->state = KEEL_REDIS_S_BACKOFF;
-        /* commands pipelined behind the handshake get their replies read and
-         * then failed with this error; the connection is dropped afterwards */
-        redisAsyncDisconnect(ac);
-    }
-}
-
-/* Commands queued while the host name was being resolved: sent once a
- * connection attempt exists, or failed with it. */
-static void send_early(keel_redis_t *r, redisAsyncContext *ac) {
-    for (uint32_t k = 0; k < r->nearly; k++) {
-        struct early *e = &r->early[k];
-        if (redisAsyncFormattedCommand(ac, on_reply, (void *)(uintptr_t)(e->slot + 1), e->cmd, sdslen(e->cmd)) != REDIS_OK) {
-            slot_fail(r, e->slot, KEEL_REDIS_ECONN, "connection lost");
-            slot_release(r, e->slot);
+static void on_poll(uv_poll_t *h, int status, int events) {
+    keel_redis_t *r = h->data;
+    r->in_cb++;
+    if (!r->connected) {
+        int err = socket_error(r->fd);
+        if (err) lose_connection(r, "connect failed: ", strerror(err));
+        else if (status < 0) lose_connection(r, "connect failed: ", uv_strerror(status));
+        else if (events & UV_WRITABLE) on_connected(r);
+    } else {
+        /* on an error libuv stops the handle and reports no events: read
+         * what arrived before it, then take the socket's own error */
+        if (status < 0 || (events & UV_READABLE)) read_replies(r);
+        if (r->poll == h && status < 0) {
+            int err = socket_error(r->fd);
+            lose_connection(r, "connection lost: ", err ? strerror(err) : uv_strerror(status));
+        } else if (r->poll == h && (events & UV_WRITABLE)) {
+            flush_out(r);
         }
-        sdsfree(e->cmd);
     }
-    r->nearly = 0;
-}
-
-static void fail_early(keel_redis_t *r, int status, const char *why) {
-    for (uint32_t k = 0; k < r->nearly; k++) {
-        struct early *e = &r->early[k];
-        slot_fail(r, e->slot, status, why);
-        slot_release(r, e->slot);
-        sdsfree(e->cmd);
-    }
-    r->nearly = 0;
-}
-
-static void connect_failed(keel_redis_t *r, const char *prefix, const char *detail) {
-    set_err(r, prefix, detail);
-    r->st.connect_failures++;
-    fail_early(r, KEEL_REDIS_ECONN, r->last_err);
+    r->in_cb--;
     flush_deliveries(r);
-    schedule_reconnect(r);
 }
 
-static void connect_to(keel_redis_t *r, const char *ip) {
-    redisAsyncContext *ac = redisAsyncConnect(ip, r->o.port);
-    if (!ac) {
-        connect_failed(r, "connect failed: ", "out of memory");
-        return;
+/* Writes go out once per loop iteration, just before the loop polls: every
+ * command queued during the iteration leaves in one send, without asking
+ * epoll about writability (the socket almost always is). Only a partial
+ * write (full socket buffer) waits for UV_WRITABLE. */
+static void flush_cb(uv_prepare_t *h) {
+    keel_redis_t *r = h->data;
+    uv_prepare_stop(h);
+    if (!r->connected || r->out_pos == r->out_len || (r->poll_events & UV_WRITABLE)) return;
+    r->in_cb++;
+    flush_out(r);
+    r->in_cb--;
+    flush_deliveries(r);
+}
+
+/* The AUTH and SELECT of a new connection go before the commands issued
+ * while it was being set up, and their FIFO markers before theirs. */
+static int add_handshake(keel_redis_t *r) {
+    size_t qlen = r->out_len - r->out_pos;
+    char *queued = NULL;
+    if (qlen) {
+        queued = malloc(qlen);
+        if (!queued) return -1;
+        memcpy(queued, r->out + r->out_pos, qlen);
     }
-    if (ac->err) {
-        char why[sizeof ac->errstr];
-        snprintf(why, sizeof why, "%s", ac->errstr);
-        redisAsyncFree(ac);
-        connect_failed(r, "connect failed: ", why);
-        return;
-    }
-    ac->data = r;
-    if (ev_attach(ac, r->loop) != REDIS_OK) {
-        redisAsyncFree(ac);
-        connect_failed(r, "connect failed: ", "cannot attach to loop");
-        return;
-    }
-    r->ac = ac;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    if (r->password) {
-        if (r->username) {
-            const char *argv[3] = { "AUTH", r->username, r->password };
-            size_t lens[3] = { 4, r->o.username_len, r->o.password_len };
-            redisAsyncCommandArgv(ac, on_handshake, "auth", 3, argv, lens);
-        } else {
-            const char *argv[2] = { "AUTH", r->password };
-            size_t lens[2] = { 4, r->o.password_len };
-            redisAsyncCommandArgv(ac, on_handshake, "auth", 2, argv, lens);
+    r->out_pos = r->out_len = 0;
+    int rc = fifo_reserve(r, 2);
+    if (rc == 0 && r->password) {
+        const char *argv[3] = { "AUTH", r->username, r->password };
+        size_t lens[3] = { 4, r->o.username_len, r->o.password_len };
+        if (r->username) rc = append_command(r, 3, argv, lens);
+        else {
+            argv[1] = r->password;
+            lens[1] = r->o.password_len;
+            rc = append_command(r, 2, argv, lens);
         }
     }
-    if (r->o.db > 0) {
+    if (rc == 0 && r->o.db > 0) {
         char db[16];
         int n = snprintf(db, sizeof db, "%d", r->o.db);
         const char *argv[2] = { "SELECT", db };
         size_t lens[2] = { 6, (size_t)n };
-        redisAsyncCommandArgv(ac, on_handshake, "select", 2, argv, lens);
+        rc = append_command(r, 2, argv, lens);
     }
-    send_early(r, ac);
+    if (rc == 0 && qlen) {
+        rc = out_reserve(r, qlen);
+        if (rc == 0) {
+            memcpy(r->out + r->out_len, queued, qlen);
+            r->out_len += qlen;
+        }
+    }
+    free(queued);
+    if (rc != 0) return -1;
+    if (r->o.db > 0) fifo_push_front(r, FIFO_SELECT);
+    if (r->password) fifo_push_front(r, FIFO_AUTH);
+    return 0;
+}
+
+static void connect_to(keel_redis_t *r, const char *ip) {
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)(void *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)(void *)&ss;
+    if (inet_pton(AF_INET, ip, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)r->o.port);
+        sl = sizeof *v4;
+    } else if (inet_pton(AF_INET6, ip, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)r->o.port);
+        sl = sizeof *v6;
+    } else {
+        connect_failed(r, "connect failed: bad address ", ip);
+        return;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        connect_failed(r, "connect failed: ", strerror(errno));
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int rc;
+    do rc = connect(fd, (struct sockaddr *)&ss, sl); while (rc < 0 && errno == EINTR);
+    if (rc < 0 && errno != EINPROGRESS) {
+        int err = errno;
+        close(fd);
+        connect_failed(r, "connect failed: ", strerror(err));
+        return;
+    }
+    uv_poll_t *p = malloc(sizeof *p);
+    redisReader *reader = redisReaderCreate();
+    if (!r->inbuf) r->inbuf = malloc(READ_CHUNK);
+    if (!p || !reader || !r->inbuf || uv_poll_init_socket(r->loop, p, fd) != 0) {
+        free(p);
+        if (reader) redisReaderFree(reader);
+        close(fd);
+        connect_failed(r, "connect failed: ", "out of memory");
+        return;
+    }
+    p->data = r;
+    r->handles_open++;
+    r->poll = p;
+    r->fd = fd;
+    r->reader = reader;
+    r->connected = 0;
+    r->poll_events = 0;
+    if (add_handshake(r) != 0) {
+        lose_connection(r, "connect failed: ", "out of memory");
+        return;
+    }
+    if (rc == 0) {
+        set_poll(r, UV_READABLE);
+        on_connected(r);
+    } else {
+        set_poll(r, UV_WRITABLE);
+    }
     update_ref(r);
     arm_deadline_timer(r);
 }
@@ -542,7 +703,6 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 }
 
 static void start_connect(keel_redis_t *r) {
-    r->mask_sigpipe = !sigpipe_ignored(); /* the host may change it: asked per connection */
     r->state = KEEL_REDIS_S_CONNECTING;
     r->handshake_failed = 0;
     r->connect_deadline = io_now(r) + r->o.connect_timeout_ms;
@@ -577,7 +737,7 @@ static void start_connect(keel_redis_t *r) {
 
 static double next_deadline(keel_redis_t *r) {
     double d = keel_timers_next(r->timers);
-    if ((r->ac || r->resolving) && r->state == KEEL_REDIS_S_CONNECTING && (d < 0 || r->connect_deadline < d))
+    if ((r->fd >= 0 || r->resolving) && r->state == KEEL_REDIS_S_CONNECTING && (d < 0 || r->connect_deadline < d))
         d = r->connect_deadline;
     return d;
 }
@@ -599,21 +759,6 @@ static void arm_deadline_timer(keel_redis_t *r) {
     if (r->pending > 0) uv_ref((uv_handle_t *)&r->deadline_timer);
 }
 
-static void drop_connection(keel_redis_t *r, const char *why) {
-    if (!r->ac) return;
-    set_err(r, "", why);
-    redisAsyncContext *ac = r->ac;
-    if (r->state == KEEL_REDIS_S_CONNECTING && !(ac->c.flags & REDIS_CONNECTED)) {
-        /* not connected: hiredis will not call on_disconnect */
-        r->ac = NULL;
-        r->st.connect_failures++;
-        redisAsyncFree(ac);
-        schedule_reconnect(r);
-    } else {
-        redisAsyncFree(ac); /* on_disconnect schedules the reconnect */
-    }
-}
-
 static void deadline_cb(uv_timer_t *t) {
     keel_redis_t *r = t->data;
     if (r->closing) return;
@@ -631,10 +776,10 @@ static void deadline_cb(uv_timer_t *t) {
         snprintf(msg, sizeof msg, "no address for the host after %.0f ms", r->o.connect_timeout_ms);
         connect_failed(r, "connect timeout: ", msg);
     }
-    if (r->ac && r->state == KEEL_REDIS_S_CONNECTING && now >= r->connect_deadline && !r->in_cb) {
+    if (r->fd >= 0 && r->state == KEEL_REDIS_S_CONNECTING && now >= r->connect_deadline && !r->in_cb) {
         char msg[96];
         snprintf(msg, sizeof msg, "connect timeout: no connection after %.0f ms", r->o.connect_timeout_ms);
-        drop_connection(r, msg);
+        lose_connection(r, "", msg);
     }
     int stale = 0;
     int32_t id;
@@ -652,8 +797,8 @@ static void deadline_cb(uv_timer_t *t) {
     }
     /* one slow command is not a dead server; several silent deadlines are */
     r->stale_timeouts += stale;
-    if (r->stale_timeouts >= 3 && r->ac && r->state == KEEL_REDIS_S_READY && !r->in_cb)
-        drop_connection(r, "connection dropped: server not responding");
+    if (r->stale_timeouts >= 3 && r->fd >= 0 && r->state == KEEL_REDIS_S_READY && !r->in_cb)
+        lose_connection(r, "", "connection dropped: server not responding");
     arm_deadline_timer(r);
     update_ref(r);
     flush_deliveries(r);
@@ -670,6 +815,7 @@ keel_redis_t *keel_redis_new(uv_loop_t *loop, keel_clock_t *clock, keel_rand_t *
     r->clock = clock;
     r->rand = rand;
     r->o = *opts;
+    r->fd = -1;
     if (r->o.port <= 0) r->o.port = 6379;
     if (r->o.connect_timeout_ms <= 0) r->o.connect_timeout_ms = 2000;
     if (r->o.backoff_base_ms <= 0) r->o.backoff_base_ms = 50;
@@ -704,44 +850,25 @@ keel_redis_t *keel_redis_new(uv_loop_t *loop, keel_clock_t *clock, keel_rand_t *
     return r;
 }
 
-static int queue_early(keel_redis_t *r, uint32_t slot, int argc, const char **argv, const size_t *argvlen) {
-    if (r->nearly == r->early_cap) {
-        uint32_t ncap = r->early_cap ? r->early_cap * 2 : 16;
-        struct early *e = realloc(r->early, (size_t)ncap * sizeof *e);
-        if (!e) return -1;
-        r->early = e;
-        r->early_cap = ncap;
-    }
-    sds cmd = NULL;
-    if (redisFormatSdsCommandArgv(&cmd, argc, argv, argvlen) < 0 || !cmd) return -1;
-    r->early[r->nearly].slot = slot;
-    r->early[r->nearly].cmd = cmd;
-    r->nearly++;
-    return 0;
-}
-
 int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **argv,
                        const size_t *argvlen, double timeout_ms) {
     if (!r || r->closing) return KEEL_REDIS_ECLOSED;
     if (argc < 1 || !argv || !argvlen) return KEEL_REDIS_EARG;
-    if ((!r->ac && !r->resolving) || r->state == KEEL_REDIS_S_BACKOFF) { r->st.conn_errors++; return KEEL_REDIS_ECONN; }
+    if ((r->fd < 0 && !r->resolving) || r->state == KEEL_REDIS_S_BACKOFF) { r->st.conn_errors++; return KEEL_REDIS_ECONN; }
     int32_t i = slot_alloc(r);
     if (i < 0) { r->st.full++; return KEEL_REDIS_EFULL; }
+    if (fifo_reserve(r, 1) != 0 || append_command(r, argc, argv, argvlen) != 0) {
+        slot_release(r, (uint32_t)i); /* out of memory */
+        r->st.full++;
+        return KEEL_REDIS_EFULL;
+    }
+    fifo_push(r, (uint32_t)i);
     slot_t *s = &r->slots[i];
     s->req_id = req_id;
     s->state = SLOT_ACTIVE;
     s->sent_ms = io_now(r);
-    if (!r->ac) {
-        if (queue_early(r, (uint32_t)i, argc, argv, argvlen) != 0) {
-            slot_release(r, (uint32_t)i);
-            r->st.full++;
-            return KEEL_REDIS_EFULL;
-        }
-    } else if (redisAsyncCommandArgv(r->ac, on_reply, (void *)(uintptr_t)(i + 1), argc, argv, argvlen) != REDIS_OK) {
-        slot_release(r, (uint32_t)i);
-        r->st.conn_errors++;
-        return KEEL_REDIS_ECONN;
-    }
+    if (r->connected && !(r->poll_events & UV_WRITABLE) && !uv_is_active((uv_handle_t *)&r->flush_prep))
+        uv_prepare_start(&r->flush_prep, flush_cb);
     if (timeout_ms > 0) {
         int32_t tid = keel_timers_add(r->timers, s->sent_ms + timeout_ms);
         if (tid >= 0) {
@@ -766,12 +893,11 @@ int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **
 
 static void teardown(keel_redis_t *r) {
     if (r->teardown_done) return;
-    fail_early(r, KEEL_REDIS_ECLOSED, "client closed");
     if (r->resolving && r->dns_req) uv_cancel((uv_req_t *)r->dns_req);
     r->resolving = 0;
     r->dns_req = NULL;
-    for (uint32_t i = 0; i < r->nslots; i++)
-        if (r->slots[i].state == SLOT_ACTIVE) slot_fail(r, i, KEEL_REDIS_ECLOSED, "client closed");
+    close_socket(r);
+    fail_fifo(r, KEEL_REDIS_ECLOSED, "client closed");
     flush_deliveries(r);
     r->abandoned = 1;
     r->teardown_done = 1;
@@ -783,13 +909,6 @@ static void teardown(keel_redis_t *r) {
     uv_close((uv_handle_t *)&r->close_timer, on_handle_closed);
     uv_prepare_stop(&r->flush_prep);
     uv_close((uv_handle_t *)&r->flush_prep, on_handle_closed);
-    if (r->ac) {
-        redisAsyncContext *ac = r->ac;
-        /* a context that never connected gets no on_disconnect; one that did
-         * clears r->ac from on_disconnect, so clear it either way */
-        redisAsyncFree(ac);
-        r->ac = NULL;
-    }
     maybe_free(r);
 }
 
@@ -813,7 +932,7 @@ void keel_redis_abandon(keel_redis_t *r) {
     r->closing = 1;
     r->state = KEEL_REDIS_S_CLOSED;
     /* finalizers may run while the loop is being torn down: close now
-     * unless we are inside our own hiredis callback */
+     * unless we are inside one of our own callbacks */
     if (r->in_cb) uv_timer_start(&r->close_timer, close_cb, 0, 0);
     else teardown(r);
 }

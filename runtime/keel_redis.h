@@ -1,12 +1,13 @@
 #ifndef KEEL_REDIS_H
 #define KEEL_REDIS_H
-/* An asynchronous Redis connection on a libuv loop, built on hiredis' async
- * API. Knows nothing of Lua: every request carries a caller-chosen 64-bit id
+/* An asynchronous Redis connection on a libuv loop: our own non-blocking
+ * socket and RESP formatting, with hiredis' reply reader (read.h) for
+ * parsing. Knows nothing of Lua: every request carries a caller-chosen 64-bit id
  * and ends with exactly one call of on_reply, whatever happens (reply,
  * timeout, connection loss, close).
  *
  * - Pipelining: commands issued during one loop iteration are written
- *   together when the socket becomes writable (hiredis buffers them).
+ *   together, in one send just before the loop polls.
  * - Timeouts: connect and per-request deadlines are read from the runtime
  *   clock (clock->now_ms); a uv timer only re-checks them.
  * - Reconnect: after a loss, exponential backoff with jitter drawn from the

@@ -2,8 +2,8 @@
  * times, with big commands half written): every command accepted must end
  * with exactly one on_reply, and reconnecting must go on working. It runs
  * with SIGPIPE at its default disposition, as an embedding host may leave
- * it, so a write path that raised SIGPIPE would kill it (keel_redis blocks
- * SIGPIPE around hiredis' writes then). Prints "ok ..." or "FAIL ..." (exit 1). */
+ * it, so a write path that raised SIGPIPE would kill it (keel_redis writes
+ * with MSG_NOSIGNAL). Prints "ok ..." or "FAIL ..." (exit 1). */
 #include <arpa/inet.h>
 #include <signal.h>
 #include <stdio.h>
