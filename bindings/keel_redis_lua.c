@@ -1,12 +1,16 @@
 /* Lua glue for runtime/keel_redis: the module "keel.redis.core".
- * Replies are converted into Lua values inside the hiredis callback (so no
- * redisReply outlives it) and handed to the waiting task through
- * keel_rt_complete (batched per socket read, see glue_t). Request ids: a
- * single call uses (completion id << 1); a
- * pipeline batch uses (batch pointer | 1), its replies arriving in order. */
+ * Replies are converted inside the reply callback (so no redisReply
+ * outlives it) and handed to the waiting tasks once per socket read (see
+ * on_flush). Simple replies to single calls (integer, status, string, nil,
+ * error) are recorded in a plain C array that lua/keel/redis.lua reads
+ * through the FFI, with no Lua API call per reply; arrays and batch replies
+ * are built as Lua values. Request ids: a single call uses
+ * (completion id << 1); a pipeline batch uses (batch pointer | 1), its
+ * replies arriving in order. */
 #include <lua.h>
 #include <lauxlib.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +19,26 @@
 
 #define CONN_MT "keel.redis.conn"
 #define MAX_ARGS 1048576
+
+/* The layout is repeated in lua/keel/redis.lua's ffi.cdef; core.layout()
+ * reports this side's, and a spec compares the two. */
+enum { DONE_NUM = 0, DONE_STR = 1, DONE_NIL = 2, DONE_ERR = 3 };
+typedef struct {
+    double id;
+    double num;            /* DONE_NUM */
+    uint32_t off, len;     /* DONE_STR, DONE_ERR: bytes in the arena */
+    int32_t kind;
+    int32_t pad;
+} keel_redis_done_t;
+
+typedef struct {
+    keel_redis_done_t *items;
+    char *arena;
+    uint32_t n, cap;
+    uint32_t arena_len, arena_cap;
+} keel_redis_ring_t;
+
+#define FAST_MAX_STR 65536 /* longer strings are built as Lua strings directly */
 
 typedef struct {
     keel_redis_t *r;     /* NULL once closed */
@@ -25,6 +49,7 @@ typedef struct {
      * their tasks instead of one protected call per reply. */
     int inbox_ref, drain_ref;
     int inbox_n;
+    keel_redis_ring_t ring;
 } glue_t;
 
 typedef struct {
@@ -97,31 +122,68 @@ static void inbox_put(glue_t *g, lua_State *L, int64_t id) {
 
 static void on_flush(void *ud) {
     glue_t *g = ud;
-    if (g->dead || g->inbox_n == 0) return;
+    if (g->dead || (g->inbox_n == 0 && g->ring.n == 0)) return;
     lua_State *L = keel_rt_state(g->rt);
     int n = g->inbox_n;
     g->inbox_n = 0;
-    /* all but the last through our drain; the last through
-     * keel_rt_complete, which also gets the woken tasks scheduled */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->drain_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, g->inbox_ref);
-    int inbox = lua_gettop(L);
-    if (n > 3) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, g->drain_ref);
-        lua_pushvalue(L, inbox);
-        lua_pushinteger(L, n - 3);
-        if (lua_pcall(L, 2, 0, 0) != 0) {
-            fprintf(stderr, "keel.redis: delivering replies failed: %s\n", lua_tostring(L, -1));
-            lua_pop(L, 1);
-        }
+    lua_pushinteger(L, n);
+    lua_pushlightuserdata(L, &g->ring);
+    if (lua_pcall(L, 3, 0, 0) != 0) {
+        fprintf(stderr, "keel.redis: delivering replies failed: %s\n", lua_tostring(L, -1));
+        lua_pop(L, 1);
     }
-    lua_rawgeti(L, inbox, n - 2);
-    int64_t id = (int64_t)lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    lua_rawgeti(L, inbox, n - 1);
-    lua_rawgeti(L, inbox, n);
-    for (int k = n - 2; k <= n; k++) { lua_pushnil(L); lua_rawseti(L, inbox, k); }
-    lua_remove(L, inbox);
-    keel_rt_complete(g->rt, id, 2);
+    g->ring.n = 0;
+    g->ring.arena_len = 0;
+    keel_rt_schedule(g->rt);
+}
+
+/* Records a simple reply for the FFI drain; 0 when it must take the Lua
+ * API path (an array, a long string, no memory). */
+static int fast_put(glue_t *g, uint64_t id, const redisReply *rep) {
+    keel_redis_ring_t *q = &g->ring;
+    int kind;
+    switch (rep->type) {
+    case REDIS_REPLY_INTEGER: kind = DONE_NUM; break;
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS: kind = DONE_STR; break;
+    case REDIS_REPLY_NIL: kind = DONE_NIL; break;
+    case REDIS_REPLY_ERROR: kind = DONE_ERR; break;
+    default: return 0;
+    }
+    if (q->n == q->cap) {
+        uint32_t ncap = q->cap ? q->cap * 2 : 64;
+        keel_redis_done_t *it = realloc(q->items, (size_t)ncap * sizeof *it);
+        if (!it) return 0;
+        q->items = it;
+        q->cap = ncap;
+    }
+    keel_redis_done_t *e = &q->items[q->n];
+    e->id = (double)id;
+    e->kind = kind;
+    e->num = 0;
+    e->off = e->len = 0;
+    if (kind == DONE_NUM) {
+        e->num = (double)rep->integer;
+    } else if (kind != DONE_NIL) {
+        if (rep->len > FAST_MAX_STR) return 0;
+        uint32_t len = (uint32_t)rep->len;
+        if (q->arena_len + len > q->arena_cap) {
+            uint32_t ncap = q->arena_cap ? q->arena_cap : 4096;
+            while (ncap < q->arena_len + len) ncap *= 2;
+            char *a = realloc(q->arena, ncap);
+            if (!a) return 0;
+            q->arena = a;
+            q->arena_cap = ncap;
+        }
+        if (len) memcpy(q->arena + q->arena_len, rep->str, len);
+        e->off = q->arena_len;
+        e->len = len;
+        q->arena_len += len;
+    }
+    q->n++;
+    return 1;
 }
 
 static void on_batch_reply(batch_t *b, lua_State *L, const redisReply *rep, int status, const char *err) {
@@ -197,6 +259,7 @@ static void on_reply(void *ud, uint64_t req_id, const redisReply *rep, int statu
         }
         return;
     }
+    if (!(req_id & 1) && status == KEEL_REDIS_OK && fast_put(g, req_id >> 1, rep)) return;
     lua_State *L = keel_rt_state(g->rt);
     reply_ctx c = { g, req_id, rep, status, err };
     if (lua_cpcall(L, deliver_reply, &c) != 0) {
@@ -212,6 +275,8 @@ static void on_free(void *ud) {
         luaL_unref(L, LUA_REGISTRYINDEX, g->inbox_ref);
         luaL_unref(L, LUA_REGISTRYINDEX, g->drain_ref);
     }
+    free(g->ring.items);
+    free(g->ring.arena);
     free(g);
 }
 
@@ -222,8 +287,9 @@ static glue_t *check_conn(lua_State *L, int idx) {
 
 /* new(host, port, password|nil, username|nil, db, connect_timeout_ms,
  *     backoff_base_ms, backoff_max_ms, max_pending, drain) -> conn | nil, err
- * drain(inbox, n) completes inbox[i] with inbox[i+1], inbox[i+2] for
- * i = 1, 4, ... < n and clears them. */
+ * drain(inbox, n, ring) completes every reply recorded in ring (a
+ * keel_redis_ring_t *, as light userdata), then inbox[i] with inbox[i+1],
+ * inbox[i+2] for i = 1, 4, ... < n, and clears the inbox. */
 static int l_new(lua_State *L) {
     keel_runtime *rt = keel_rt_from_lua(L);
     if (!rt) return luaL_error(L, "keel.redis: no runtime");
@@ -430,6 +496,31 @@ static int l_batch(lua_State *L) {
     return 1;
 }
 
+/* handle(conn) -> light userdata keel_redis_t * for the FFI calls, or nil
+ * once closed. The Lua side drops it when it closes the connection. */
+static int l_handle(lua_State *L) {
+    glue_t *g = check_conn(L, 1);
+    if (!g || !g->r) lua_pushnil(L);
+    else lua_pushlightuserdata(L, g->r);
+    return 1;
+}
+
+/* layout() -> sizes and offsets of the structs the FFI side reads */
+static int l_layout(lua_State *L) {
+    lua_createtable(L, 0, 8);
+#define F(name, v) lua_pushinteger(L, (lua_Integer)(v)); lua_setfield(L, -2, name)
+    F("done_size", sizeof(keel_redis_done_t));
+    F("done_num", offsetof(keel_redis_done_t, num));
+    F("done_off", offsetof(keel_redis_done_t, off));
+    F("done_kind", offsetof(keel_redis_done_t, kind));
+    F("ring_size", sizeof(keel_redis_ring_t));
+    F("ring_arena", offsetof(keel_redis_ring_t, arena));
+    F("ring_n", offsetof(keel_redis_ring_t, n));
+    F("ring_arena_len", offsetof(keel_redis_ring_t, arena_len));
+#undef F
+    return 1;
+}
+
 static int l_state(lua_State *L) {
     glue_t *g = check_conn(L, 1);
     static const char *names[] = { "connecting", "ready", "reconnecting", "closed" };
@@ -462,7 +553,8 @@ int luaopen_keel_redis_core(lua_State *L) {
     lua_pop(L, 1);
     static const luaL_Reg fns[] = {
         { "new", l_new }, { "close", l_close }, { "ready", l_ready }, { "call", l_call },
-        { "batch", l_batch }, { "state", l_state }, { "stats", l_stats }, { NULL, NULL }
+        { "batch", l_batch }, { "state", l_state }, { "stats", l_stats },
+        { "handle", l_handle }, { "layout", l_layout }, { NULL, NULL }
     };
     lua_createtable(L, 0, 8);
     luaL_register(L, NULL, fns);

@@ -189,6 +189,8 @@ static void tick(keel_runtime *rt) {
     }
 }
 
+void keel_rt_schedule(keel_runtime *rt) { schedule(rt); }
+
 int keel_rt_complete(keel_runtime *rt, int64_t id, int nvals) {
     lua_State *L = rt->L;
     push_boot_fn(rt, "complete");

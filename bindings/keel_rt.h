@@ -26,4 +26,8 @@ lua_State *keel_rt_state(keel_runtime *rt);
  * Returns 0, or -1 if delivering raised a Lua error (reported on stderr). */
 int keel_rt_complete(keel_runtime *rt, int64_t id, int nvals);
 
+/* Runs a scheduler tick soon: for glue that woke tasks through its own Lua
+ * call instead of keel_rt_complete. */
+void keel_rt_schedule(keel_runtime *rt);
+
 #endif

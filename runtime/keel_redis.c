@@ -891,6 +891,17 @@ int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **
     return KEEL_REDIS_OK;
 }
 
+int keel_redis_send(keel_redis_t *r, uint64_t req_id, double timeout_ms, int argc,
+                    const char *a0, size_t l0, const char *a1, size_t l1, const char *a2, size_t l2,
+                    const char *a3, size_t l3, const char *a4, size_t l4, const char *a5, size_t l5) {
+    if (argc < 1 || argc > 6) return KEEL_REDIS_EARG;
+    const char *argv[6] = { a0, a1, a2, a3, a4, a5 };
+    size_t lens[6] = { l0, l1, l2, l3, l4, l5 };
+    for (int i = 0; i < argc; i++)
+        if (!argv[i] && lens[i]) return KEEL_REDIS_EARG;
+    return keel_redis_command(r, req_id, argc, argv, lens, timeout_ms);
+}
+
 static void teardown(keel_redis_t *r) {
     if (r->teardown_done) return;
     if (r->resolving && r->dns_req) uv_cancel((uv_req_t *)r->dns_req);

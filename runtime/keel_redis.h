@@ -78,6 +78,13 @@ keel_redis_t *keel_redis_new(uv_loop_t *loop, keel_clock_t *clock, keel_rand_t *
 int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **argv,
                        const size_t *argvlen, double timeout_ms);
 
+/* keel_redis_command with up to 6 arguments passed one by one (unused ones
+ * NULL, 0): scalar arguments only, so LuaJIT's FFI can call it from
+ * compiled code. argc outside 1..6 returns KEEL_REDIS_EARG. */
+int keel_redis_send(keel_redis_t *r, uint64_t req_id, double timeout_ms, int argc,
+                    const char *a0, size_t l0, const char *a1, size_t l1, const char *a2, size_t l2,
+                    const char *a3, size_t l3, const char *a4, size_t l4, const char *a5, size_t l5);
+
 /* Fails every outstanding request with KEEL_REDIS_ECLOSED (from the loop,
  * not inside this call), disconnects and frees the client once its handles
  * are closed. Safe inside on_reply. Further calls on r are invalid. */

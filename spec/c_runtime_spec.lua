@@ -15,6 +15,12 @@ describe("runtime C tests", function()
     assert.matches("^ok %d+ resets, %d+ commands each ended once", out)
   end)
 
+  it("keel_redis: its own transport against a scripted peer (bytes, split and stray replies, big writes)", function()
+    local ok, out = ctest.run("test_redis_proto", "", "-I/usr/include/hiredis -luv -lhiredis")
+    assert.is_true(ok, out)
+    assert.matches("^ok 9 commands, each ended once", out)
+  end)
+
   it("breaker, rate limiter, bulkhead and backoff cores pass their C test", function()
     local ok, out = ctest.run("resilience_test")
     assert.is_true(ok, out)

@@ -39,6 +39,79 @@ describe("keel.redis client", function()
     assert.matches("^ERR unknown command", err)
   end)
 
+  it("gets every reply to its own task when replies of all kinds arrive together", function()
+    local long = string.rep("L", 200000) -- past the glue's record limit: built as a Lua string
+    assert.equal("OK", c:call("SET", "mix:long", long))
+    assert.equal("OK", c:call("SET", "mix:empty", ""))
+    assert.equal("OK", c:call("SET", "mix:neg", -42))
+    c:call("DEL", "mix:list")
+    local cases = {
+      { { "GET", "mix:long" }, long },
+      { { "GET", "mix:empty" }, "" },
+      { { "GET", "mix:none" }, nil },
+      { { "INCRBY", "mix:neg", -1 }, -43 },
+      { { "PING" }, "PONG" },
+      { { "ECHO", "a\0b\r\n" }, "a\0b\r\n" },
+      { { "RPUSH", "mix:list", "x", "y" }, 2 },
+      { { "MGET", "mix:empty", "mix:none" }, { "", false } },
+      { { "INCR", "mix:long" }, nil, "^ERR value is not an integer" },
+      { { "SET", "mix:n", 12.5 }, "OK" },
+      { { "INCRBYFLOAT", "mix:f", 1e-3 }, "0.001" },
+      { { "INCRBY", "mix:big", 2 ^ 52 }, 2 ^ 52 },
+      -- seven arguments and more take the C API path
+      { { "RPUSH", "mix:list", 1, 2, 3, 4, 5 }, 7 },
+      { { "MSET", "mix:a", 1, "mix:b", 2, "mix:c", 3, "mix:d", 4 }, "OK" },
+    }
+    for round = 1, 3 do
+      local ts = {}
+      for i, case in ipairs(cases) do
+        ts[i] = keel.spawn(function() return c:call((unpack or table.unpack)(case[1])) end)
+      end
+      for i, case in ipairs(cases) do
+        local ok, v, err = ts[i]:join()
+        assert.is_true(ok)
+        if case[3] then
+          assert.is_nil(v)
+          assert.matches(case[3], err)
+        elseif round == 1 or (case[1][1] ~= "RPUSH" and case[1][1] ~= "INCRBY" and case[1][1] ~= "INCRBYFLOAT") then
+          assert.same(case[2], v, "case " .. i)
+          assert.is_nil(err)
+        end
+      end
+    end
+    assert.equal("12.5", c:call("GET", "mix:n"))
+    assert.equal("4", c:call("GET", "mix:d"))
+  end)
+
+  it("sends integer arguments exactly, through every path", function()
+    local big = 2 ^ 53 - 1 -- tostring would round it to 15 digits
+    assert.equal("OK", c:call("SET", "exact:1", big))
+    assert.equal("9007199254740991", c:call("GET", "exact:1"))
+    assert.equal("OK", c:call("MSET", "exact:2", -big, "exact:3", 1e15, "exact:4", 0.5, "exact:5", 7))
+    assert.same({ "-9007199254740991", "1000000000000000", "0.5", "7" },
+      c:call("MGET", "exact:2", "exact:3", "exact:4", "exact:5"))
+    local cmd = { "SET", "exact:6", 123456789012345 }
+    local res = assert(c:batch({ cmd, { "GET", "exact:6" } }))
+    assert.equal("123456789012345", res[2])
+    assert.equal(123456789012345, cmd[3]) -- the caller's table is left as it was
+    assert.equal("1e+300", (c:call("ECHO", 1e300)))
+  end)
+
+  it("lays out the reply records the same on both sides of the FFI", function()
+    local ffi = require "ffi"
+    require "keel.ffi.redis"
+    local core = require "keel.redis.core"
+    local l = core.layout()
+    assert.equal(l.done_size, ffi.sizeof("keel_redis_done_t"))
+    assert.equal(l.done_num, ffi.offsetof("keel_redis_done_t", "num"))
+    assert.equal(l.done_off, ffi.offsetof("keel_redis_done_t", "off"))
+    assert.equal(l.done_kind, ffi.offsetof("keel_redis_done_t", "kind"))
+    assert.equal(l.ring_size, ffi.sizeof("keel_redis_ring_t"))
+    assert.equal(l.ring_arena, ffi.offsetof("keel_redis_ring_t", "arena"))
+    assert.equal(l.ring_n, ffi.offsetof("keel_redis_ring_t", "n"))
+    assert.equal(l.ring_arena_len, ffi.offsetof("keel_redis_ring_t", "arena_len"))
+  end)
+
   it("is binary-safe both ways", function()
     local bin = {}
     for i = 0, 255 do bin[#bin + 1] = string.char(i) end
@@ -243,6 +316,17 @@ describe("keel.redis.connect errors", function()
     local c2 = assert(keel.redis.connect(s.url))
     assert.equal("PONG", c2:call("PING"))
     c2:close()
+    s:cleanup()
+  end)
+
+  it("sends AUTH and SELECT before the calls made while a host name resolves", function()
+    local s = redis_server.start({ password = "sekret" })
+    local c = assert(keel.redis.connect(string.format("redis://:sekret@localhost:%d/3", s.port)))
+    local ts = {}
+    for i = 1, 10 do ts[i] = keel.spawn(function() return c:call("INCR", "early") end) end
+    for i = 1, 10 do assert.is_true((ts[i]:join())) end
+    assert.equal("10", s:cli("-n", "3", "GET", "early"))
+    c:close()
     s:cleanup()
   end)
 

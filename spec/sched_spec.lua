@@ -110,6 +110,45 @@ describe("sched completions", function()
     assert.is_false(sched.complete(id, "nobody waits"))
   end)
 
+  it("a reused slot does not take the late completion of its previous wait", function()
+    local first
+    local t1 = keel.spawn(function()
+      first = sched.completion("spec.io")
+      return sched.await(first, 1, "spec.io")
+    end)
+    assert.same({ true, nil, "timeout" }, { t1:join() })
+    -- the next waits reuse the freed slot under a new id
+    local second
+    local t2 = keel.spawn(function()
+      second = sched.completion("spec.io")
+      return sched.await(second, nil, "spec.io")
+    end)
+    keel.sleep(0)
+    assert.are_not.equal(first, second)
+    assert.equal(first % 2097152, second % 2097152) -- same slot
+    assert.is_false(sched.complete(first, "stale"))
+    assert.equal("waiting", t2:status())
+    assert.is_true(sched.complete(second, "fresh"))
+    assert.same({ true, "fresh" }, { t2:join() })
+    -- ids that were never issued, or are not numbers, wake nobody
+    assert.is_false(sched.complete(second + 2097152 * 5, "forged"))
+    assert.is_false(sched.complete("1", "forged"))
+    assert.is_false(sched.complete(0.5, "forged"))
+  end)
+
+  it("many outstanding completions each get their own reply", function()
+    local ids, ts = {}, {}
+    for i = 1, 300 do
+      ts[i] = keel.spawn(function()
+        ids[i] = sched.completion("spec.io")
+        return sched.await(ids[i], nil, "spec.io")
+      end)
+    end
+    keel.sleep(0)
+    for i = 300, 1, -1 do assert.is_true(sched.complete(ids[i], i)) end
+    for i = 1, 300 do assert.same({ true, i }, { ts[i]:join() }) end
+  end)
+
   it("completion outside a task and await of a foreign id are clear errors", function()
     local prev = sched.set_world(sched.new_world({ virtual = true }))
     local ok, err = pcall(sched.completion, "spec.io")

@@ -8,12 +8,17 @@
 --
 -- Failures that are not Redis error replies come back as nil, "<code>: detail"
 -- with code one of: conn, timeout, closed, full.
+local ffi = require "ffi"
 local core = require "keel.redis.core"
+local C = require "keel.ffi.redis"
 local sched = require "keel.sched"
 local check = require "keel.check"
 local metrics = require "keel.metrics"
 
-local type, select, tostring, tonumber, setmetatable = type, select, tostring, tonumber, setmetatable
+local type, select, tostring, tonumber, setmetatable, getmetatable =
+  type, select, tostring, tonumber, setmetatable, getmetatable
+local ffi_string, ffi_cast = ffi.string, ffi.cast
+local huge, floor, format = math.huge, math.floor, string.format
 local unpack = unpack or table.unpack
 local core_call, core_batch, core_ready = core.call, core.batch, core.ready
 local completion, await, complete = sched.completion, sched.await, sched.complete
@@ -68,12 +73,39 @@ local function parse_url(url)
 end
 redis.parse_url = parse_url
 
--- Hands a burst of replies to their tasks (called from the C glue at the
--- end of each socket read, with id, value, error triples).
-local function drain(inbox, n)
-  for i = 1, n, 3 do
-    complete(inbox[i], inbox[i + 1], inbox[i + 2])
-    inbox[i], inbox[i + 1], inbox[i + 2] = nil, nil, nil
+local RING = ffi.typeof("keel_redis_ring_t *")
+local HANDLE = ffi.typeof("keel_redis_t *")
+local DONE_NUM, DONE_STR, DONE_NIL = 0, 1, 2
+
+-- A connection's drain: hands a burst of replies to their tasks (called
+-- from the C glue at the end of each socket read). First the simple
+-- replies the glue recorded in C, read here through the FFI, then the
+-- Lua-built ones, as id, value, error triples in the inbox.
+local function new_drain()
+  local ring -- the connection's reply records, cast once (a cast is not compiled)
+  return function(inbox, n, ringp)
+    if not ring then ring = ffi_cast(RING, ringp) end
+    local m = ring.n
+    if m > 0 then
+      local items, arena = ring.items, ring.arena
+      for i = 0, m - 1 do
+        local e = items[i]
+        local kind = e.kind
+        if kind == DONE_NUM then
+          complete(e.id, e.num)
+        elseif kind == DONE_STR then
+          complete(e.id, ffi_string(arena + e.off, e.len))
+        elseif kind == DONE_NIL then
+          complete(e.id, nil)
+        else
+          complete(e.id, nil, ffi_string(arena + e.off, e.len))
+        end
+      end
+    end
+    for i = 1, n, 3 do
+      complete(inbox[i], inbox[i + 1], inbox[i + 2])
+      inbox[i], inbox[i + 1], inbox[i + 2] = nil, nil, nil
+    end
   end
 end
 
@@ -120,14 +152,14 @@ function redis.connect(arg, extra)
   sched.need_task(FN, 2)
   if o.host:find("%z") then error(FN .. ": option 'host' must not contain NUL bytes", 2) end
   local conn, err = core.new(o.host, o.port, o.password, o.username, o.db, o.connect_timeout_ms,
-    o.backoff_base_ms, o.backoff_max_ms, o.max_pending, drain)
+    o.backoff_base_ms, o.backoff_max_ms, o.max_pending, new_drain())
   if not conn then return nil, err end
-  local c = setmetatable({ conn = conn, timeout_ms = o.timeout_ms, opts = o, name = o.name,
+  local c = setmetatable({ conn = conn, handle = ffi_cast(HANDLE, core.handle(conn)), timeout_ms = o.timeout_ms, opts = o, name = o.name,
                            scripts = {} }, Client)
   local pong, perr = c:call("PING")
   if pong ~= "PONG" then
     core.close(conn)
-    c.conn = nil
+    c.conn, c.handle = nil, nil
     return nil, perr or ("conn: unexpected reply to PING: " .. tostring(pong))
   end
   if o.name then metrics.register("redis", o.name, c) end
@@ -140,8 +172,8 @@ local function bad_self(fname, self)
   end
 end
 
-local function check_args(fname, n, ...)
-  if n == 0 then error(fname .. ": missing command name", 3) end
+local function check_args(level, fname, n, ...)
+  if n == 0 then error(fname .. ": missing command name", level) end
   local all = n > 8 and { ... } -- select(i, ...) per argument would be quadratic
   for i = 1, n do
     local v
@@ -149,18 +181,89 @@ local function check_args(fname, n, ...)
     local t = type(v)
     if t ~= "string" and (t ~= "number" or v ~= v or v == math.huge or v == -math.huge) then
       error(string.format("%s: command argument %d must be a string or a finite number (got %s)",
-        fname, i, t == "number" and tostring(v) or t), 3)
+        fname, i, t == "number" and tostring(v) or t), level)
     end
   end
 end
 
+local function send_error(handle, rc)
+  if rc == 2 then
+    local e = ffi_string(C.keel_redis_last_error(handle))
+    return "conn: " .. (e ~= "" and e or "not connected")
+  elseif rc == 3 then return "closed: client closed"
+  elseif rc == 4 then return "full: too many outstanding requests"
+  end
+  return "error: bad arguments"
+end
+
+-- A number as sent: integers exactly (tostring would round past 14
+-- digits: 2^52 became "4.5035996273705e+15", which INCRBY rejects), other
+-- numbers as tostring shows them.
+local function num_string(v)
+  if v == floor(v) and v >= -9.2e18 and v <= 9.2e18 then return format("%d", v) end
+  return tostring(v)
+end
+
+-- A command argument as the string sent.
+local function arg_string(fname, i, v)
+  local t = type(v)
+  if t == "string" then return v end
+  if t == "number" and v == v and v ~= huge and v ~= -huge then return num_string(v) end
+  error(string.format("%s: command argument %d must be a string or a finite number (got %s)",
+    fname, i, t == "number" and tostring(v) or t), 4)
+end
+
+local function len(s) return s and #s or 0 end
+
+-- Commands of up to 6 arguments (nearly all) go out through one FFI call
+-- with the arguments unpacked, which the JIT compiles; longer ones through
+-- the C API.
+local function send_short(self, timeout, fname, n, a1, a2, a3, a4, a5, a6)
+  a1 = arg_string(fname, 1, a1)
+  if n >= 2 then
+    a2 = arg_string(fname, 2, a2)
+    if n >= 3 then
+      a3 = arg_string(fname, 3, a3)
+      if n >= 4 then
+        a4 = arg_string(fname, 4, a4)
+        if n >= 5 then
+          a5 = arg_string(fname, 5, a5)
+          if n >= 6 then a6 = arg_string(fname, 6, a6) end
+        end
+      end
+    end
+  end
+  local handle = self.handle
+  if not handle then return nil, "closed: client closed" end
+  local id = completion(fname)
+  local rc = C.keel_redis_send(handle, id * 2, timeout or 0, n, a1, #a1, a2, len(a2), a3, len(a3),
+    a4, len(a4), a5, len(a5), a6, len(a6))
+  if rc ~= 0 then
+    complete(id) -- drops the completion; we are running, so nothing is woken
+    return nil, send_error(handle, rc)
+  end
+  local v, e = await(id, nil, fname)
+  return v, e
+end
+
 local function send(self, timeout, fname, ...)
+  local n = select("#", ...)
+  if n == 0 then error(fname .. ": missing command name", 3) end
+  if n <= 6 then
+    local a1, a2, a3, a4, a5, a6 = ...
+    return send_short(self, timeout, fname, n, a1, a2, a3, a4, a5, a6)
+  end
+  check_args(4, fname, n, ...)
   local conn = self.conn
   if not conn then return nil, "closed: client closed" end
+  local args = { ... }
+  for i = 1, n do
+    if type(args[i]) == "number" then args[i] = num_string(args[i]) end
+  end
   local id = completion(fname)
-  local ok, err = core_call(conn, id, timeout, ...)
+  local ok, err = core_call(conn, id, timeout, unpack(args, 1, n))
   if not ok then
-    complete(id) -- drops the completion; we are running, so nothing is woken
+    complete(id)
     return nil, err
   end
   local v, e = await(id, nil, fname)
@@ -169,8 +272,7 @@ end
 
 -- call(cmd, args...) -> value | nil, err
 function Client:call(...)
-  bad_self("keel.redis: client:call", self)
-  check_args("keel.redis: client:call", select("#", ...), ...)
+  if getmetatable(self) ~= Client then bad_self("keel.redis: client:call", self) end
   return send(self, self.timeout_ms, "keel.redis: client:call", ...)
 end
 
@@ -179,7 +281,6 @@ end
 function Client:call_timeout(ms, ...)
   bad_self("keel.redis: client:call_timeout", self)
   check.number("keel.redis: client:call_timeout", "argument 'ms'", ms, nil, 0)
-  check_args("keel.redis: client:call_timeout", select("#", ...), ...)
   return send(self, ms, "keel.redis: client:call_timeout", ...)
 end
 
@@ -188,7 +289,7 @@ Pipe.__index = Pipe
 
 function Pipe:call(...)
   if getmetatable(self) ~= Pipe then error("keel.redis: p:call: call it as a method (p:call(...))", 2) end
-  check_args("keel.redis: p:call", select("#", ...), ...)
+  check_args(3, "keel.redis: p:call", select("#", ...), ...)
   local n = self.n + 1
   self.n = n
   self.cmds[n] = { ... }
@@ -214,16 +315,27 @@ function Client:batch(cmds)
   if type(cmds) ~= "table" then error(fname .. ": argument 'cmds' must be a table", 2) end
   local n = #cmds
   if n == 0 then return { n = 0, err = {} } end
+  local out = cmds -- a copy once a command holds numbers: the caller's tables stay as given
   for i = 1, n do
     local c = cmds[i]
     if type(c) ~= "table" then error(string.format("%s: command %d must be a table", fname, i), 2) end
     local m = #c
     if m == 0 then error(fname .. ": missing command name", 2) end
     for j = 1, m do
-      local v = c[j]
-      if type(v) ~= "string" then check_args(fname, m, unpack(c)) break end -- numbers: full check
+      if type(c[j]) ~= "string" then -- numbers: full check, then their text
+        check_args(3, fname, m, unpack(c))
+        local copy = {}
+        for k = 1, m do
+          local v = c[k]
+          copy[k] = type(v) == "number" and num_string(v) or v
+        end
+        if out == cmds then out = { unpack(cmds, 1, n) } end
+        out[i] = copy
+        break
+      end
     end
   end
+  cmds = out
   local conn = self.conn
   if not conn then return nil, "closed: client closed" end
   local ok, err = core_ready(conn)
@@ -262,7 +374,7 @@ function Client:close()
   bad_self("keel.redis: client:close", self)
   if self.conn then
     core.close(self.conn)
-    self.conn = nil
+    self.conn, self.handle = nil, nil
   end
 end
 

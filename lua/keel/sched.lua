@@ -283,42 +283,70 @@ end
 
 -- Completions from C ------------------------------------------------------------
 -- A C operation (a Redis reply, ...) is matched to its waiter by an integer id.
+-- Ids are slot + SLOT_SPAN * seq: slots are reused (so the tables stay
+-- arrays: ever-new keys would churn a hash part at every call), and seq,
+-- bumped at each reuse, makes a late completion of an abandoned wait (a
+-- reply after its timeout) miss the slot's next user. seq wraps after 2^32
+-- reuses of one slot; ids stay below 2^53, exact in a double.
 
-local completions = {} -- id -> task, across worlds
-local completion_gen = {}
-local next_completion = 0
+local SLOT_SPAN = 2097152 -- 2^21 waits outstanding at once, across worlds
+local SEQ_WRAP = 4294967296
+local comp_task, comp_gen, comp_seq = {}, {}, {} -- slot -> waiter, its generation, seq
+local free_slots, nfree, nslots = {}, 0, 0
 
 function sched.completion(fname)
   local task = need_task(fname, 2)
-  next_completion = next_completion + 1
-  local id = next_completion
+  local slot
+  if nfree > 0 then
+    slot = free_slots[nfree]
+    free_slots[nfree] = nil
+    nfree = nfree - 1
+  else
+    if nslots >= SLOT_SPAN - 1 then error((fname or "keel") .. ": too many outstanding completions", 2) end
+    nslots = nslots + 1
+    slot = nslots
+    comp_seq[slot] = 0
+  end
   local gen = task.gen + 1
   task.gen = gen
-  completions[id], completion_gen[id] = task, gen
+  comp_task[slot], comp_gen[slot] = task, gen
   task.world.pending = task.world.pending + 1
-  return id
+  return comp_seq[slot] * SLOT_SPAN + slot
 end
 
-local function drop_completion(id)
-  local task = completions[id]
-  if task then
-    completions[id], completion_gen[id] = nil, nil
-    task.world.pending = task.world.pending - 1
-  end
+-- The slot of a live id, or nil.
+local function live_slot(id)
+  if type(id) ~= "number" then return nil end
+  local slot = id % SLOT_SPAN
+  if comp_task[slot] and comp_seq[slot] * SLOT_SPAN + slot == id then return slot end
+  return nil
+end
+
+local function release_slot(slot)
+  local task = comp_task[slot]
+  comp_task[slot], comp_gen[slot] = false, false
+  local seq = comp_seq[slot] + 1
+  comp_seq[slot] = seq < SEQ_WRAP and seq or 0
+  nfree = nfree + 1
+  free_slots[nfree] = slot
+  task.world.pending = task.world.pending - 1
   return task
 end
 
 function sched.await(id, timeout, fname)
-  local task = completions[id]
+  local slot = live_slot(id)
+  local task = slot and comp_task[slot]
   if not task or task ~= W.current then error((fname or "keel") .. ": bad completion id", 2) end
   timeout = check_timeout(fname, timeout)
   local w = task.world
-  local gen = completion_gen[id]
+  local gen = comp_gen[slot]
   local tid
   if timeout then tid = arm(w, C.keel_clock_update(w.clock) + timeout, task, gen) end
   local a, b, c = park(task)
   if tid and a ~= TIMEOUT then disarm(w, tid) end
-  drop_completion(id)
+  -- woken by complete, the slot is already released; by a timeout or a
+  -- cancel, it is still ours
+  if live_slot(id) then release_slot(slot) end
   if a == TIMEOUT then return nil, "timeout" end
   if a == CANCEL then error(CANCELLED, 0) end
   return a, b, c
@@ -326,10 +354,10 @@ end
 
 -- Called from C (keel_rt_complete) with the completion's values.
 function sched.complete(id, a, b, c)
-  local task = completions[id]
-  if not task then return false end
-  local gen = completion_gen[id]
-  drop_completion(id)
+  local slot = live_slot(id)
+  if not slot then return false end
+  local gen = comp_gen[slot]
+  local task = release_slot(slot)
   return wake(task, gen, a, b, c)
 end
 
