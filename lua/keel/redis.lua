@@ -154,8 +154,8 @@ function redis.connect(arg, extra)
   local conn, err = core.new(o.host, o.port, o.password, o.username, o.db, o.connect_timeout_ms,
     o.backoff_base_ms, o.backoff_max_ms, o.max_pending, new_drain())
   if not conn then return nil, err end
-  local c = setmetatable({ conn = conn, handle = ffi_cast(HANDLE, core.handle(conn)), timeout_ms = o.timeout_ms, opts = o, name = o.name,
-                           scripts = {} }, Client)
+  local c = setmetatable({ conn = conn, handle = ffi_cast(HANDLE, core.handle(conn)), timeout_ms = o.timeout_ms,
+                           opts = o, name = o.name, scripts = {} }, Client)
   local pong, perr = c:call("PING")
   if pong ~= "PONG" then
     core.close(conn)
