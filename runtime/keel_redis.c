@@ -432,7 +432,7 @@ static int process_replies(keel_redis_t *r) {
                 set_err(r, e == FIFO_AUTH ? "auth failed: " : "select failed: ", rep->str);
                 r->handshake_failed = 1;
                 freeReplyObject(rep);
-                lose_connection(r, NULL, NULL);
+                lose_connection(r, "", NULL); /* last_err already says why */
                 return 0;
             }
             freeReplyObject(rep);
