@@ -21,6 +21,9 @@
 -- Dead-lettering is XADD to the dead-letter stream and then XACK: a crash in
 -- between duplicates a message, never loses it (and inside one script the
 -- two steps are atomic anyway).
+-- dedup_key: a hash maps each taken key to its message; the key is taken
+-- at push (refused with "duplicate" while taken) and freed in the same
+-- script that acknowledges or dead-letters the message.
 -- Items are strings (numbers are converted): serialise tables yourself.
 local check = require "keel.check"
 local metrics = require "keel.metrics"
@@ -82,34 +85,68 @@ end
 return out
 ]=])
 
--- KEYS: stream, delayed set, delayed items, sequence; ARGV: capacity,
--- delay_ms, item -> id | false (full). The due time is on the server's
--- clock, the same for every process; the pop script moves due messages
--- into the stream.
+-- KEYS: stream, delayed set, dedup hash; ARGV: capacity, item, key
+-- -> id | 0 (full) | 1 (duplicate)
+local PUSH_KEYED = redis.script(OUTSTANDING .. [=[
+if redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return 1 end
+local cap = tonumber(ARGV[1])
+local n, acked = outstanding(cap, 1)
+if n >= cap then return 0 end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', cap + acked, '*', 'd', ARGV[2], 'k', ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], id)
+return id
+]=])
+
+-- KEYS: stream, delayed set, delayed items, sequence, delayed keys, dedup
+-- hash; ARGV: capacity, delay_ms, item, key or '' -> n | 0 (full) |
+-- -1 (duplicate). The due time is on the server's clock, the same for
+-- every process; the pop script moves due messages into the stream.
 local PUSH_DELAYED = redis.script(OUTSTANDING .. [=[
+local key = ARGV[4]
+if key ~= '' and redis.call('HEXISTS', KEYS[6], key) == 1 then return -1 end
 local cap = tonumber(ARGV[1])
 local n = outstanding(cap, 1)
-if n >= cap then return false end
+if n >= cap then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[3], id, ARGV[3])
+if key ~= '' then
+  redis.call('HSET', KEYS[5], id, key)
+  redis.call('HSET', KEYS[6], key, 'd' .. id)
+end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
 return id
 ]=])
 
--- KEYS: stream, dead stream, delayed set, delayed items
+-- Frees a message's dedup key (KEYS[dedup]) if the message still holds it.
+local RELEASE = [=[
+local function release(dedup, key, id)
+  if key and key ~= '' and redis.call('HGET', dedup, key) == id then redis.call('HDEL', dedup, key) end
+end
+]=]
+
+-- KEYS: stream, dead stream, delayed set, delayed items, delayed keys, dedup hash
 -- ARGV: group, consumer, visibility_ms, max_attempts, count, reclaim(0/1)
--- -> { {id, item, attempt}..., dead-lettered count, ms until the next
---      delayed message is due or -1 }
-local POP = redis.script [[
+-- -> { {id, item, attempt, dedup key | false}..., dead-lettered count,
+--      ms until the next delayed message is due or -1 }
+local POP = redis.script(RELEASE .. [[
 local out, dead = {}, 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
   local item = redis.call('HGET', KEYS[4], id)
-  if item then redis.call('XADD', KEYS[1], '*', 'd', item) end
+  local key = redis.call('HGET', KEYS[5], id)
+  if item then
+    if key then
+      local sid = redis.call('XADD', KEYS[1], '*', 'd', item, 'k', key)
+      if redis.call('HGET', KEYS[6], key) == 'd' .. id then redis.call('HSET', KEYS[6], key, sid) end
+    else
+      redis.call('XADD', KEYS[1], '*', 'd', item)
+    end
+  end
   redis.call('HDEL', KEYS[4], id)
+  if key then redis.call('HDEL', KEYS[5], id) end
   redis.call('ZREM', KEYS[3], id)
 end
 local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
@@ -121,17 +158,22 @@ end
 local function reclaim()
   local c = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[5])
   for _, e in ipairs(c[2]) do
-    local id, item = e[1], field(e[2], 'd')
+    local id, item, key = e[1], field(e[2], 'd'), field(e[2], 'k')
     local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
     local n = (p[1] and p[1][4]) or 1
     if item == nil then
       redis.call('XACK', KEYS[1], ARGV[1], id)
     elseif n > tonumber(ARGV[4]) then
-      redis.call('XADD', KEYS[2], '*', 'd', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout')
+      if key then
+        redis.call('XADD', KEYS[2], '*', 'd', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout', 'k', key)
+      else
+        redis.call('XADD', KEYS[2], '*', 'd', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout')
+      end
       redis.call('XACK', KEYS[1], ARGV[1], id)
+      release(KEYS[6], key, id)
       dead = dead + 1
     else
-      out[#out + 1] = {id, item, n}
+      out[#out + 1] = {id, item, n, key or false}
     end
   end
 end
@@ -140,12 +182,12 @@ if ARGV[6] == '1' then reclaim(); reclaimed = true end
 if #out == 0 then
   local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[5], 'STREAMS', KEYS[1], '>')
   if r then
-    for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], field(e[2], 'd') or '', 1} end
+    for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], field(e[2], 'd') or '', 1, field(e[2], 'k') or false} end
   end
 end
 if #out == 0 and not reclaimed then reclaim() end
 return {out, dead, next_in}
-]]
+]])
 
 -- ARGV: group, slack -> trimmed count. Acknowledged entries are not deleted one by
 -- one (XDEL walks the entry's node: several times the cost of the XACK).
@@ -202,19 +244,38 @@ end
 return before - redis.call('XLEN', KEYS[1])
 ]=]
 
--- ARGV: group, consumer, id, idle, attempt, max_attempts, item, error
+-- KEYS: stream, dead stream, dedup hash
+-- ARGV: group, consumer, id, idle, attempt, max_attempts, item, error, key or ''
 -- -> 0 unknown, 1 requeued, 2 dead
-local NACK = redis.script [[
+local NACK = redis.script(RELEASE .. [[
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if not p[1] then return 0 end
 if tonumber(ARGV[5]) >= tonumber(ARGV[6]) then
-  redis.call('XADD', KEYS[2], '*', 'd', ARGV[7], 'id', ARGV[3], 'attempts', ARGV[5], 'error', ARGV[8])
+  if ARGV[9] ~= '' then
+    redis.call('XADD', KEYS[2], '*', 'd', ARGV[7], 'id', ARGV[3], 'attempts', ARGV[5], 'error', ARGV[8], 'k', ARGV[9])
+  else
+    redis.call('XADD', KEYS[2], '*', 'd', ARGV[7], 'id', ARGV[3], 'attempts', ARGV[5], 'error', ARGV[8])
+  end
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  release(KEYS[3], ARGV[9], ARGV[3])
   return 2
 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
 return 1
-]]
+]])
+
+-- KEYS: stream, dedup hash; ARGV: group, id, key, id, key, ... -> acked count
+-- (an acknowledged message's key is free again)
+local ACK_KEYED = redis.script(RELEASE .. [[
+local n = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    n = n + 1
+    release(KEYS[2], ARGV[i + 1], ARGV[i])
+  end
+end
+return n
+]])
 
 -- ARGV: group, consumer, id, idle -> 1 | 0 (not pending)
 local EXTEND = redis.script [[
@@ -224,16 +285,29 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JU
 return 1
 ]]
 
--- ARGV: n -> moved
+-- KEYS: stream, dead stream, dedup hash; ARGV: n, start ('-' or '(' .. id)
+-- -> { moved, scanned, last scanned id }. A letter whose dedup key is taken
+-- again stays in the dead stream.
 local REDRIVE = redis.script [[
-local r = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', ARGV[1])
+local r = redis.call('XRANGE', KEYS[2], ARGV[2], '+', 'COUNT', ARGV[1])
+local moved = 0
 for _, e in ipairs(r) do
-  local f, item = e[2], ''
-  for i = 1, #f, 2 do if f[i] == 'd' then item = f[i + 1] end end
-  redis.call('XADD', KEYS[1], '*', 'd', item)
-  redis.call('XDEL', KEYS[2], e[1])
+  local f, item, key = e[2], '', nil
+  for i = 1, #f, 2 do
+    if f[i] == 'd' then item = f[i + 1] elseif f[i] == 'k' then key = f[i + 1] end
+  end
+  if not key then
+    redis.call('XADD', KEYS[1], '*', 'd', item)
+    redis.call('XDEL', KEYS[2], e[1])
+    moved = moved + 1
+  elseif redis.call('HEXISTS', KEYS[3], key) == 0 then
+    local id = redis.call('XADD', KEYS[1], '*', 'd', item, 'k', key)
+    redis.call('HSET', KEYS[3], key, id)
+    redis.call('XDEL', KEYS[2], e[1])
+    moved = moved + 1
+  end
 end
-return #r
+return { moved, #r, r[#r] and r[#r][1] or '' }
 ]]
 
 local Queue = {}
@@ -269,7 +343,8 @@ function M.new(opts)
     redis = client, name = name,
     stream = "{" .. prefix .. "}:s", dead_stream = "{" .. prefix .. "}:dead",
     delayed = "{" .. prefix .. "}:delayed", delayed_items = "{" .. prefix .. "}:delayed:items",
-    seq = "{" .. prefix .. "}:seq",
+    seq = "{" .. prefix .. "}:seq", dedup = "{" .. prefix .. "}:dedup",
+    delayed_keys = "{" .. prefix .. "}:delayed:keys",
     group = check.string(F, "option 'group'", opts.group, "keel"),
     consumer = opts.consumer ~= nil and check.string(F, "option 'consumer'", opts.consumer) or default_consumer(),
     capacity = check.integer(F, "option 'capacity'", opts.capacity, 1000000, 1, 2 ^ 53),
@@ -281,9 +356,9 @@ function M.new(opts)
     buf = {}, bhead = 1, btail = 0,
     blockers = {}, nblockers = 0, blocker_wait = sched.waitqueue(),
     group_ready = false, next_reclaim = -huge, promote_at = -huge,
-    acks = {}, untrimmed = 0, trim_slack = TRIM_SLACK, nacks_pending = 0, flusher = nil, flushed = sched.waitqueue(),
+    acks = {}, kacks = {}, untrimmed = 0, trim_slack = TRIM_SLACK, nacks_pending = 0, flusher = nil, flushed = sched.waitqueue(),
     st = { pushed = 0, popped = 0, acked = 0, nacked = 0, dead_lettered = 0, reclaimed = 0, full = 0,
-           redriven = 0, errors = 0, ack_errors = 0, trimmed = 0, delayed = 0 },
+           redriven = 0, errors = 0, ack_errors = 0, trimmed = 0, delayed = 0, duplicates = 0 },
   }, Queue)
   metrics.register("redis_queue", name, self)
   return self
@@ -330,7 +405,8 @@ local function send_pushes(self, b)
   b.q:wake_all()
 end
 
--- push(item [, {delay_ms}]) -> id | nil, "full" | nil, "conn: ..."
+-- push(item [, {delay_ms, dedup_key}]) -> id | nil, "full" | nil, "duplicate"
+-- | nil, "conn: ..."
 -- id is the stream id, or "d<n>" for a delayed message (it gets a stream
 -- id when it is due). A push whose task is cancelled while waiting may
 -- still be enqueued.
@@ -338,25 +414,32 @@ function Queue:push(item, opts)
   local F = "keel.redis.queue:push"
   self_check(F, self)
   item = item_arg(F, item)
-  local delay = 0
+  local delay, key = 0, nil
   if opts ~= nil then
     check.opts(F, opts, PUSH_OPTS)
-    if opts.priority ~= nil or opts.dedup_key ~= nil then
-      error(F .. ": options priority and dedup_key are not supported by the Redis queue", 2)
+    if opts.priority ~= nil then
+      error(F .. ": option priority is not supported by the Redis queue", 2)
     end
     delay = check.number(F, "option 'delay_ms'", opts.delay_ms, 0, 0, 1e15)
+    if opts.dedup_key ~= nil then
+      key = check.key(F, "option 'dedup_key'", opts.dedup_key)
+      key = type(key) == "number" and string.format("%.17g", key) or key
+    end
   end
   sched.need_task(F, 2)
   if delay > 0 then
-    local id, err = self.redis:eval(PUSH_DELAYED, 4, self.stream, self.delayed, self.delayed_items, self.seq,
-      self.capacity, floor(delay + 0.5), item)
+    local id, err = self.redis:eval(PUSH_DELAYED, 6, self.stream, self.delayed, self.delayed_items, self.seq,
+      self.delayed_keys, self.dedup, self.capacity, floor(delay + 0.5), item, key or "")
     if err then
       self.st.errors = self.st.errors + 1
       return nil, err
     end
-    if not id then -- the script's false arrives as a null reply
+    if id == 0 then
       self.st.full = self.st.full + 1
       return nil, "full"
+    elseif id == -1 then
+      self.st.duplicates = self.st.duplicates + 1
+      return nil, "duplicate"
     end
     self.st.pushed = self.st.pushed + 1
     self.st.delayed = self.st.delayed + 1
@@ -364,6 +447,22 @@ function Queue:push(item, opts)
     local due = sched.now() + delay
     if due < self.promote_at then self.promote_at = due end
     return "d" .. id
+  end
+  if key then
+    local id, err = self.redis:eval(PUSH_KEYED, 3, self.stream, self.delayed, self.dedup, self.capacity, item, key)
+    if err then
+      self.st.errors = self.st.errors + 1
+      return nil, err
+    end
+    if id == 0 then
+      self.st.full = self.st.full + 1
+      return nil, "full"
+    elseif id == 1 then
+      self.st.duplicates = self.st.duplicates + 1
+      return nil, "duplicate"
+    end
+    self.st.pushed = self.st.pushed + 1
+    return id
   end
   local b = self.pbatch
   if not b then
@@ -388,8 +487,8 @@ function Queue:push(item, opts)
   return id
 end
 
-local function new_msg(self, id, item, attempt, now)
-  return { id = id, item = item, attempt = attempt, queue = self, delivered = now }
+local function new_msg(self, id, item, attempt, now, key)
+  return { id = id, item = item, attempt = attempt, queue = self, delivered = now, dedup_key = key or nil }
 end
 
 local function buffer(self, list, count)
@@ -398,7 +497,7 @@ local function buffer(self, list, count)
   for _, e in ipairs(list) do
     local t = self.btail + 1
     self.btail = t
-    self.buf[t] = new_msg(self, e[1], e[2], e[3], now)
+    self.buf[t] = new_msg(self, e[1], e[2], e[3], now, e[4])
     if e[3] > 1 then self.st.reclaimed = self.st.reclaimed + 1 end
   end
 end
@@ -408,11 +507,15 @@ local function buffer_read(self, entries, count)
   self.more = #entries >= count
   local now = sched.now()
   for _, e in ipairs(entries) do
-    local f, item = e[2], ""
-    if f then for i = 1, #f, 2 do if f[i] == "d" then item = f[i + 1] end end end
+    local f, item, key = e[2], "", nil
+    if f then
+      for i = 1, #f, 2 do
+        if f[i] == "d" then item = f[i + 1] elseif f[i] == "k" then key = f[i + 1] end
+      end
+    end
     local t = self.btail + 1
     self.btail = t
-    self.buf[t] = new_msg(self, e[1], item, 1, now)
+    self.buf[t] = new_msg(self, e[1], item, 1, now, key)
   end
 end
 
@@ -469,8 +572,8 @@ function fetch(self, count)
   end
   local r
   r, err = retry_nogroup(self, function()
-    return self.redis:eval(POP, 4, self.stream, self.dead_stream, self.delayed, self.delayed_items,
-      self.group, self.consumer,
+    return self.redis:eval(POP, 6, self.stream, self.dead_stream, self.delayed, self.delayed_items,
+      self.delayed_keys, self.dedup, self.group, self.consumer,
       self.visibility_ms, self.max_attempts, count, reclaim and "1" or "0")
   end)
   if not r then self.st.errors = self.st.errors + 1; return nil, err end
@@ -580,7 +683,19 @@ end
 -- Sends the acks queued by ack(msg, {wait = false}), all those queued
 -- meanwhile in one XACK per round trip, then trims what was acknowledged.
 local function flush_acks(self)
-  while #self.acks > 0 or self.untrimmed > 0 do
+  while #self.acks > 0 or #self.kacks > 0 or self.untrimmed > 0 do
+    if #self.kacks > 0 then
+      local pairs_ = take_batch(self, "kacks") -- id, key, id, key, ...
+      local n, err = self.redis:eval(ACK_KEYED, 2, self.stream, self.dedup, self.group, unpack(pairs_))
+      if n then
+        self.st.acked = self.st.acked + n
+        self.untrimmed = self.untrimmed + n
+      else
+        self.st.ack_errors = self.st.ack_errors + #pairs_ / 2
+        self.st.errors = self.st.errors + 1
+        self.last_ack_error = err
+      end
+    end
     if #self.acks > 0 then
       local ids = take_batch(self, "acks")
       local n, err = self.redis:call("XACK", self.stream, self.group, unpack(ids))
@@ -595,10 +710,11 @@ local function flush_acks(self)
       end
     end
     -- trimming waits a moment, so one call covers many acks
-    if #self.acks == 0 and self.untrimmed > 0 and self.untrimmed < ACK_BATCH and not self.flush_now then
+    if #self.acks == 0 and #self.kacks == 0 and self.untrimmed > 0 and self.untrimmed < ACK_BATCH
+      and not self.flush_now then
       sched.sleep(TRIM_DELAY_MS, "keel.redis.queue:flush")
     end
-    if #self.acks == 0 and self.untrimmed > 0 then
+    if #self.acks == 0 and #self.kacks == 0 and self.untrimmed > 0 then
       self.untrimmed = 0
       local n = self.redis:eval(TRIM, 1, self.stream, self.group, self.trim_slack)
       if n then self.st.trimmed = self.st.trimmed + n else self.st.errors = self.st.errors + 1 end
@@ -627,9 +743,17 @@ function Queue:ack(msg, opts)
     wait = check.boolean(F, "option 'wait'", opts.wait, true)
   end
   if not msg_arg(F, self, msg) then return nil, "unknown" end
+  local key = msg.dedup_key
   if not wait then
-    local a = self.acks
-    a[#a + 1] = msg.id
+    local a
+    if key then
+      a = self.kacks
+      a[#a + 1] = msg.id
+      a[#a + 1] = key
+    else
+      a = self.acks
+      a[#a + 1] = msg.id
+    end
     if not self.flusher then start_flusher(self)
     elseif #a > 100 * ACK_BATCH then self:flush() end -- bounded: the producer waits
     return true
@@ -640,7 +764,12 @@ function Queue:ack(msg, opts)
   -- can no longer be delivered (it is out of the pending list and behind the
   -- group's last-delivered id).
   sched.need_task(F, 2)
-  local n, err = self.redis:call("XACK", self.stream, self.group, msg.id)
+  local n, err
+  if key then
+    n, err = self.redis:eval(ACK_KEYED, 2, self.stream, self.dedup, self.group, msg.id, key)
+  else
+    n, err = self.redis:call("XACK", self.stream, self.group, msg.id)
+  end
   if not n then
     self.st.errors = self.st.errors + 1
     return nil, err
@@ -655,7 +784,7 @@ end
 -- Waits until every ack queued with {wait = false} has been sent.
 function Queue:flush()
   self_check("keel.redis.queue:flush", self)
-  while self.flusher or #self.acks > 0 or self.untrimmed > 0 do
+  while self.flusher or #self.acks > 0 or #self.kacks > 0 or self.untrimmed > 0 do
     self.flush_now = true
     start_flusher(self)
     self.flushed:wait(nil, "keel.redis.queue:flush")
@@ -678,8 +807,8 @@ function Queue:nack(msg, opts)
   end
   if not mine then return nil, "unknown" end
   local idle = floor(math.max(0, self.visibility_ms - delay))
-  local r, err = self.redis:eval(NACK, 2, self.stream, self.dead_stream, self.group, self.consumer, msg.id,
-    idle, msg.attempt, self.max_attempts, msg.item, why)
+  local r, err = self.redis:eval(NACK, 3, self.stream, self.dead_stream, self.dedup, self.group, self.consumer,
+    msg.id, idle, msg.attempt, self.max_attempts, msg.item, why, msg.dedup_key or "")
   if not r then self.st.errors = self.st.errors + 1; return nil, err end
   if r == 0 then return nil, "unknown" end
   self.st.nacked = self.st.nacked + 1
@@ -709,24 +838,26 @@ function Queue:extend(msg, ms)
 end
 
 -- redrive([n]) -> moved: dead letters back onto the queue, oldest first,
--- with fresh attempts.
+-- with fresh attempts. A letter whose dedup key has been taken again stays
+-- in the dead-letter stream.
 function Queue:redrive(n)
   local F = "keel.redis.queue:redrive"
   self_check(F, self)
   n = check.number(F, "argument 'n'", n, huge, 0)
-  local moved = 0
+  local moved, start = 0, "-"
   while moved < n do
     local batch = min(n - moved, 100)
-    local r, err = self.redis:eval(REDRIVE, 2, self.stream, self.dead_stream, batch)
+    local r, err = self.redis:eval(REDRIVE, 3, self.stream, self.dead_stream, self.dedup, batch, start)
     if not r then return nil, err end
-    moved = moved + r
-    if r < batch then break end
+    moved = moved + r[1]
+    if r[2] < batch then break end
+    start = "(" .. r[3]
   end
   self.st.redriven = self.st.redriven + moved
   return moved
 end
 
--- dead([n]) -> list of { id, item, attempts, error, source_id } (oldest first)
+-- dead([n]) -> list of { id, item, attempts, error, source_id, dedup_key } (oldest first)
 function Queue:dead(n)
   local F = "keel.redis.queue:dead"
   self_check(F, self)
@@ -737,7 +868,8 @@ function Queue:dead(n)
   for _, e in ipairs(r) do
     local f, d = e[2], { id = e[1] }
     for i = 1, #f, 2 do d[f[i]] = f[i + 1] end
-    out[#out + 1] = { id = e[1], item = d.d, attempts = tonumber(d.attempts), error = d.error, source_id = d.id }
+    out[#out + 1] = { id = e[1], item = d.d, attempts = tonumber(d.attempts), error = d.error, source_id = d.id,
+                      dedup_key = d.k }
   end
   return out
 end
