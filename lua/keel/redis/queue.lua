@@ -165,7 +165,8 @@ local function reclaim()
       redis.call('XACK', KEYS[1], ARGV[1], id)
     elseif n > tonumber(ARGV[4]) then
       if key then
-        redis.call('XADD', KEYS[2], '*', 'd', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout', 'k', key)
+        redis.call('XADD', KEYS[2], '*', 'd', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout',
+          'k', key)
       else
         redis.call('XADD', KEYS[2], '*', 'd', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout')
       end
@@ -356,7 +357,8 @@ function M.new(opts)
     buf = {}, bhead = 1, btail = 0,
     blockers = {}, nblockers = 0, blocker_wait = sched.waitqueue(),
     group_ready = false, next_reclaim = -huge, promote_at = -huge,
-    acks = {}, kacks = {}, untrimmed = 0, trim_slack = TRIM_SLACK, nacks_pending = 0, flusher = nil, flushed = sched.waitqueue(),
+    acks = {}, kacks = {}, untrimmed = 0, trim_slack = TRIM_SLACK, nacks_pending = 0, flusher = nil,
+    flushed = sched.waitqueue(),
     st = { pushed = 0, popped = 0, acked = 0, nacked = 0, dead_lettered = 0, reclaimed = 0, full = 0,
            redriven = 0, errors = 0, ack_errors = 0, trimmed = 0, delayed = 0, duplicates = 0 },
   }, Queue)
