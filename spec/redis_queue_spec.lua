@@ -333,6 +333,80 @@ describe("keel.redis.queue", function()
     q:close()
   end)
 
+  it("priorities: higher levels pop first, FIFO within a level, every path keeps the level", function()
+    local q = Q.new { redis = c, prefix = "q23", priorities = { 10, -5 } }
+    assert(q:push("low1", { priority = -5 }))
+    assert(q:push("mid1"))
+    assert(q:push("high1", { priority = 10 }))
+    assert(q:push("mid2", { priority = 0 }))
+    assert(q:push("high2", { priority = 10 }))
+    assert(q:push("low2", { priority = -5 }))
+    local order = {}
+    for _ = 1, 6 do
+      local m = assert(q:pop())
+      order[#order + 1] = m.item .. "@" .. m.priority
+      assert.is_true(q:ack(m, { wait = false }))
+    end
+    assert.same({ "high1@10", "high2@10", "mid1@0", "mid2@0", "low1@-5", "low2@-5" }, order)
+    q:flush()
+    local info = q:info()
+    assert.same({ 0, 0, 0 }, { info.length, info.pending, info.ready })
+    -- a level the queue does not declare is a bad argument
+    assert.has_error(function() q:push("x", { priority = 3 }) end)
+    assert.has_error(function() q:push("x", { priority = "10" }) end)
+    assert.has_error(function() Q.new { redis = c, priorities = { 1.5 } } end)
+    assert.has_error(function() Q.new { redis = c, priorities = 3 } end)
+    q:close()
+  end)
+
+  it("priorities: a waiting consumer gets any level; delayed, dead and redriven messages keep theirs", function()
+    local q = Q.new { redis = c, prefix = "q24", priorities = { 5 }, max_attempts = 1, visibility_ms = 200 }
+    local got
+    local t = keel.spawn(function() got = assert(q:pop { wait_ms = 3000 }) end)
+    keel.sleep(30)
+    assert(q:push("urgent", { priority = 5 }))
+    assert(t:join())
+    assert.same({ "urgent", 5 }, { got.item, got.priority })
+    assert.is_true(q:ack(got))
+    -- delayed at level 5: once due it overtakes what waits at level 0
+    assert(q:push("later-urgent", { priority = 5, delay_ms = 80 }))
+    assert(q:push("normal"))
+    keel.sleep(150)
+    local m = assert(q:pop())
+    assert.same({ "later-urgent", 5 }, { m.item, m.priority })
+    -- nacked out of attempts: dead, with its level; a redrive puts it back there
+    assert.same({ true, "dead" }, { q:nack(m) })
+    assert.equal(5, q:dead()[1].priority)
+    assert.equal(1, q:redrive())
+    m = assert(q:pop())
+    assert.same({ "later-urgent", 5, 1 }, { m.item, m.priority, m.attempt })
+    -- left unacknowledged past visibility at level 5: the reclaim dead-letters it
+    keel.sleep(300)
+    local n = assert(q:pop())
+    assert.equal("normal", n.item)
+    assert.is_true(q:ack(n))
+    local dead = q:dead()
+    assert.equal(1, #dead)
+    assert.same({ "later-urgent", 5, "visibility timeout" }, { dead[1].item, dead[1].priority, dead[1].error })
+    q:close()
+  end)
+
+  it("priorities: capacity counts every level", function()
+    local q = Q.new { redis = c, prefix = "q25", priorities = { 1 }, capacity = 3 }
+    assert(q:push("a"))
+    assert(q:push("b", { priority = 1 }))
+    assert(q:push("c", { priority = 1, dedup_key = "c" }))
+    assert.same({ nil, "full" }, { q:push("d") })
+    assert.same({ nil, "full" }, { q:push("d", { priority = 1 }) })
+    assert.same({ nil, "full" }, { q:push("d", { priority = 1, delay_ms = 10 }) })
+    local m = assert(q:pop())
+    assert.same({ "b", 1 }, { m.item, m.priority })
+    assert.is_true(q:ack(m))
+    q:flush()
+    assert(q:push("d"))
+    q:close()
+  end)
+
   it("rejects bad arguments", function()
     assert.has_error(function() Q.new { redis = c, visibility_ms = 0 } end)
     assert.has_error(function() Q.new { redis = c, bogus = 1 } end)

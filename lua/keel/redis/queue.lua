@@ -1,4 +1,4 @@
--- keel.redis.queue: an at-least-once work queue on a Redis Stream with a
+-- keel.redis.queue: an at-least-once work queue on Redis Streams with a
 -- consumer group, shared by every process. Same API as keel.queue:
 --   local q = require("keel.redis.queue").new{ redis = client, name = "jobs" }
 --   q:push("payload")
@@ -21,6 +21,9 @@
 -- Dead-lettering is XADD to the dead-letter stream and then XACK: a crash in
 -- between duplicates a message, never loses it (and inside one script the
 -- two steps are atomic anyway).
+-- priority: each priority level the queue declares (option `priorities`)
+-- is a stream of its own, level 0 the plain one; consumers read the levels
+-- highest first, FIFO within a level.
 -- dedup_key: a hash maps each taken key to its message; the key is taken
 -- at push (refused with "duplicate" while taken) and freed in the same
 -- script that acknowledges or dead-letters the message.
@@ -39,37 +42,50 @@ local ACK_BATCH = 1000
 local TRIM_DELAY_MS = 2
 local PROMOTE_MS = 250
 local TRIM_SLACK = 10000
+local MAX_LEVELS = 16
 
--- Shared by the push scripts (KEYS[1] the stream, KEYS[2] the delayed set):
--- the stream also holds acknowledged entries not trimmed yet, so near
--- capacity what counts is what is outstanding: pending plus not yet
--- delivered (the lag), for the group furthest behind when several groups
--- read the stream, plus delayed messages. Returns that count and how many
--- acknowledged entries the stream still holds; MAXLEN is capacity plus
--- those, so it can never trim an outstanding message.
+-- Shared by the push scripts (KEYS[1] the target stream, KEYS[2] the
+-- delayed set, KEYS[3..] every level's stream): the streams also hold
+-- acknowledged entries not trimmed yet, so near capacity what counts is what
+-- is outstanding: pending plus not yet delivered (the lag), for the group
+-- furthest behind when several groups read a stream, plus delayed messages.
+-- Returns that count and how many acknowledged entries the target stream
+-- still holds; its MAXLEN is capacity plus those, so it can never trim an
+-- outstanding message.
 local OUTSTANDING = [=[
 local function outstanding(cap, adding)
-  local len = redis.call('XLEN', KEYS[1])
   local held = redis.call('ZCARD', KEYS[2])
-  local n = len
-  if len + held + adding > cap and len > 0 then
-    local worst
-    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-      local f = {}
-      for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-      if type(f.pending) == 'number' and type(f.lag) == 'number' then
-        if worst ~= false then worst = math.max(worst or 0, f.pending + f.lag) end
-      else
-        worst = false -- unknown lag: count the whole stream
-      end
-    end
-    if worst then n = math.min(len, worst) end
+  local lens, total = {}, 0
+  for i = 3, #KEYS do
+    lens[i] = redis.call('XLEN', KEYS[i])
+    total = total + lens[i]
   end
-  return n + held, len - n
+  if total + held + adding <= cap or total == 0 then return total + held, 0 end
+  local n, target_acked = 0, 0
+  for i = 3, #KEYS do
+    local len, out = lens[i], lens[i]
+    if len > 0 then
+      local worst
+      for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[i])) do
+        local f = {}
+        for j = 1, #g, 2 do f[g[j]] = g[j + 1] end
+        if type(f.pending) == 'number' and type(f.lag) == 'number' then
+          if worst ~= false then worst = math.max(worst or 0, f.pending + f.lag) end
+        else
+          worst = false -- unknown lag: count the whole stream
+        end
+      end
+      if worst then out = math.min(len, worst) end
+    end
+    n = n + out
+    if KEYS[i] == KEYS[1] then target_acked = len - out end
+  end
+  return n + held, target_acked
 end
 ]=]
 
--- ARGV: capacity, items... -> { id | false (full), ... }
+-- KEYS: target stream, delayed set, level streams...; ARGV: capacity,
+-- items... -> { id | false (full), ... }
 local PUSH_MANY = redis.script(OUTSTANDING .. [=[
 local cap = tonumber(ARGV[1])
 local n, acked = outstanding(cap, #ARGV - 1)
@@ -85,105 +101,138 @@ end
 return out
 ]=])
 
--- KEYS: stream, delayed set, dedup hash; ARGV: capacity, item, key
--- -> id | 0 (full) | 1 (duplicate)
-local PUSH_KEYED = redis.script(OUTSTANDING .. [=[
-if redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return 1 end
+-- KEYS: target stream, delayed set, level streams..., dedup hash (last);
+-- ARGV: capacity, item, key -> id | 0 (full) | 1 (duplicate)
+local PUSH_KEYED = redis.script([=[
+local dedup = table.remove(KEYS)
+]=] .. OUTSTANDING .. [=[
+if redis.call('HEXISTS', dedup, ARGV[3]) == 1 then return 1 end
 local cap = tonumber(ARGV[1])
 local n, acked = outstanding(cap, 1)
 if n >= cap then return 0 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', cap + acked, '*', 'd', ARGV[2], 'k', ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[3], id)
+redis.call('HSET', dedup, ARGV[3], id)
 return id
 ]=])
 
--- KEYS: stream, delayed set, delayed items, sequence, delayed keys, dedup
--- hash; ARGV: capacity, delay_ms, item, key or '' -> n | 0 (full) |
--- -1 (duplicate). The due time is on the server's clock, the same for
--- every process; the pop script moves due messages into the stream.
-local PUSH_DELAYED = redis.script(OUTSTANDING .. [=[
+-- KEYS: level-0 stream, delayed set, level streams..., then delayed items,
+-- sequence, delayed keys, delayed priorities, dedup hash (the last five);
+-- ARGV: capacity, delay_ms, item, key or '', level
+-- -> n | 0 (full) | -1 (duplicate). The due time is on the server's clock,
+-- the same for every process; the pop script moves due messages into their
+-- level's stream.
+local PUSH_DELAYED = redis.script([=[
+local dedup = table.remove(KEYS)
+local dprio = table.remove(KEYS)
+local dkeys = table.remove(KEYS)
+local seq = table.remove(KEYS)
+local items = table.remove(KEYS)
+]=] .. OUTSTANDING .. [=[
 local key = ARGV[4]
-if key ~= '' and redis.call('HEXISTS', KEYS[6], key) == 1 then return -1 end
+if key ~= '' and redis.call('HEXISTS', dedup, key) == 1 then return -1 end
 local cap = tonumber(ARGV[1])
 local n = outstanding(cap, 1)
 if n >= cap then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id = redis.call('INCR', KEYS[4])
-redis.call('HSET', KEYS[3], id, ARGV[3])
+local id = redis.call('INCR', seq)
+redis.call('HSET', items, id, ARGV[3])
 if key ~= '' then
-  redis.call('HSET', KEYS[5], id, key)
-  redis.call('HSET', KEYS[6], key, 'd' .. id)
+  redis.call('HSET', dkeys, id, key)
+  redis.call('HSET', dedup, key, 'd' .. id)
 end
+if ARGV[5] ~= '0' then redis.call('HSET', dprio, id, ARGV[5]) end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
 return id
 ]=])
 
--- Frees a message's dedup key (KEYS[dedup]) if the message still holds it.
+-- Frees a message's dedup key if the message still holds it.
 local RELEASE = [=[
 local function release(dedup, key, id)
   if key and key ~= '' and redis.call('HGET', dedup, key) == id then redis.call('HDEL', dedup, key) end
 end
 ]=]
 
--- KEYS: stream, dead stream, delayed set, delayed items, delayed keys, dedup hash
--- ARGV: group, consumer, visibility_ms, max_attempts, count, reclaim(0/1)
--- -> { {id, item, attempt, dedup key | false}..., dead-lettered count,
---      ms until the next delayed message is due or -1 }
+-- KEYS: dead stream, delayed set, delayed items, delayed keys, delayed
+-- priorities, dedup hash, then the level streams, highest priority first
+-- ARGV: group, consumer, visibility_ms, max_attempts, count, reclaim(0/1),
+--       then the levels, as KEYS
+-- -> { {id, item, attempt, dedup key | false, level index}..., dead-lettered
+--      count, ms until the next delayed message is due or -1 }
 local POP = redis.script(RELEASE .. [[
 local out, dead = {}, 0
+local nlev = #KEYS - 6
+local count = tonumber(ARGV[5])
+local function level_index(level)
+  local zero = 1
+  for i = 1, nlev do
+    if ARGV[6 + i] == level then return i end
+    if ARGV[6 + i] == '0' then zero = i end
+  end
+  return zero -- a level this consumer does not know: the plain stream
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
-  local item = redis.call('HGET', KEYS[4], id)
-  local key = redis.call('HGET', KEYS[5], id)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)) do
+  local item = redis.call('HGET', KEYS[3], id)
+  local key = redis.call('HGET', KEYS[4], id)
+  local stream = KEYS[6 + level_index(redis.call('HGET', KEYS[5], id) or '0')]
   if item then
     if key then
-      local sid = redis.call('XADD', KEYS[1], '*', 'd', item, 'k', key)
+      local sid = redis.call('XADD', stream, '*', 'd', item, 'k', key)
       if redis.call('HGET', KEYS[6], key) == 'd' .. id then redis.call('HSET', KEYS[6], key, sid) end
     else
-      redis.call('XADD', KEYS[1], '*', 'd', item)
+      redis.call('XADD', stream, '*', 'd', item)
     end
   end
+  redis.call('HDEL', KEYS[3], id)
   redis.call('HDEL', KEYS[4], id)
-  if key then redis.call('HDEL', KEYS[5], id) end
-  redis.call('ZREM', KEYS[3], id)
+  redis.call('HDEL', KEYS[5], id)
+  redis.call('ZREM', KEYS[2], id)
 end
-local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local next_in = nxt[2] and math.max(0, tonumber(nxt[2]) - now) or -1
 local function field(f, name)
   if not f then return nil end
   for i = 1, #f, 2 do if f[i] == name then return f[i + 1] end end
 end
 local function reclaim()
-  local c = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[5])
-  for _, e in ipairs(c[2]) do
-    local id, item, key = e[1], field(e[2], 'd'), field(e[2], 'k')
-    local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
-    local n = (p[1] and p[1][4]) or 1
-    if item == nil then
-      redis.call('XACK', KEYS[1], ARGV[1], id)
-    elseif n > tonumber(ARGV[4]) then
-      if key then
-        redis.call('XADD', KEYS[2], '*', 'd', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout',
-          'k', key)
+  for li = 1, nlev do
+    local stream, level = KEYS[6 + li], ARGV[6 + li]
+    local c = redis.call('XAUTOCLAIM', stream, ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', count)
+    for _, e in ipairs(c[2]) do
+      local id, item, key = e[1], field(e[2], 'd'), field(e[2], 'k')
+      local p = redis.call('XPENDING', stream, ARGV[1], id, id, 1)
+      local n = (p[1] and p[1][4]) or 1
+      if item == nil then
+        redis.call('XACK', stream, ARGV[1], id)
+      elseif n > tonumber(ARGV[4]) then
+        local letter = {'d', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout'}
+        if key then letter[#letter + 1] = 'k'; letter[#letter + 1] = key end
+        if level ~= '0' then letter[#letter + 1] = 'p'; letter[#letter + 1] = level end
+        redis.call('XADD', KEYS[1], '*', unpack(letter))
+        redis.call('XACK', stream, ARGV[1], id)
+        release(KEYS[6], key, id)
+        dead = dead + 1
       else
-        redis.call('XADD', KEYS[2], '*', 'd', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout')
+        out[#out + 1] = {id, item, n, key or false, li}
       end
-      redis.call('XACK', KEYS[1], ARGV[1], id)
-      release(KEYS[6], key, id)
-      dead = dead + 1
-    else
-      out[#out + 1] = {id, item, n, key or false}
     end
   end
 end
 local reclaimed = false
 if ARGV[6] == '1' then reclaim(); reclaimed = true end
+-- the first level with new messages only: a lower level's read now would sit
+-- in the consumer's buffer ahead of higher ones arriving meanwhile
 if #out == 0 then
-  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[5], 'STREAMS', KEYS[1], '>')
-  if r then
-    for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], field(e[2], 'd') or '', 1, field(e[2], 'k') or false} end
+  for li = 1, nlev do
+    local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', count, 'STREAMS', KEYS[6 + li], '>')
+    if r then
+      for _, e in ipairs(r[1][2]) do
+        out[#out + 1] = {e[1], field(e[2], 'd') or '', 1, field(e[2], 'k') or false, li}
+      end
+    end
+    if #out > 0 then break end
   end
 end
 if #out == 0 and not reclaimed then reclaim() end
@@ -246,17 +295,16 @@ return before - redis.call('XLEN', KEYS[1])
 ]=]
 
 -- KEYS: stream, dead stream, dedup hash
--- ARGV: group, consumer, id, idle, attempt, max_attempts, item, error, key or ''
+-- ARGV: group, consumer, id, idle, attempt, max_attempts, item, error, key or '', level
 -- -> 0 unknown, 1 requeued, 2 dead
 local NACK = redis.script(RELEASE .. [[
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if not p[1] then return 0 end
 if tonumber(ARGV[5]) >= tonumber(ARGV[6]) then
-  if ARGV[9] ~= '' then
-    redis.call('XADD', KEYS[2], '*', 'd', ARGV[7], 'id', ARGV[3], 'attempts', ARGV[5], 'error', ARGV[8], 'k', ARGV[9])
-  else
-    redis.call('XADD', KEYS[2], '*', 'd', ARGV[7], 'id', ARGV[3], 'attempts', ARGV[5], 'error', ARGV[8])
-  end
+  local letter = {'d', ARGV[7], 'id', ARGV[3], 'attempts', ARGV[5], 'error', ARGV[8]}
+  if ARGV[9] ~= '' then letter[#letter + 1] = 'k'; letter[#letter + 1] = ARGV[9] end
+  if ARGV[10] ~= '0' then letter[#letter + 1] = 'p'; letter[#letter + 1] = ARGV[10] end
+  redis.call('XADD', KEYS[2], '*', unpack(letter))
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
   release(KEYS[3], ARGV[9], ARGV[3])
   return 2
@@ -286,25 +334,37 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JU
 return 1
 ]]
 
--- KEYS: stream, dead stream, dedup hash; ARGV: n, start ('-' or '(' .. id)
--- -> { moved, scanned, last scanned id }. A letter whose dedup key is taken
--- again stays in the dead stream.
+-- KEYS: dead stream, dedup hash, level streams (as POP); ARGV: n, start
+-- ('-' or '(' .. id), levels... -> { moved, scanned, last scanned id }.
+-- A letter goes back to its level's stream (the plain one for a level this
+-- queue does not declare); one whose dedup key is taken again stays.
 local REDRIVE = redis.script [[
-local r = redis.call('XRANGE', KEYS[2], ARGV[2], '+', 'COUNT', ARGV[1])
+local nlev = #KEYS - 2
+local function stream_of(level)
+  local zero = KEYS[3]
+  for i = 1, nlev do
+    if ARGV[2 + i] == level then return KEYS[2 + i] end
+    if ARGV[2 + i] == '0' then zero = KEYS[2 + i] end
+  end
+  return zero
+end
+local r = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', ARGV[1])
 local moved = 0
 for _, e in ipairs(r) do
-  local f, item, key = e[2], '', nil
+  local f, item, key, level = e[2], '', nil, '0'
   for i = 1, #f, 2 do
-    if f[i] == 'd' then item = f[i + 1] elseif f[i] == 'k' then key = f[i + 1] end
+    local name, v = f[i], f[i + 1]
+    if name == 'd' then item = v elseif name == 'k' then key = v elseif name == 'p' then level = v end
   end
+  local stream = stream_of(level)
   if not key then
-    redis.call('XADD', KEYS[1], '*', 'd', item)
-    redis.call('XDEL', KEYS[2], e[1])
+    redis.call('XADD', stream, '*', 'd', item)
+    redis.call('XDEL', KEYS[1], e[1])
     moved = moved + 1
-  elseif redis.call('HEXISTS', KEYS[3], key) == 0 then
-    local id = redis.call('XADD', KEYS[1], '*', 'd', item, 'k', key)
-    redis.call('HSET', KEYS[3], key, id)
-    redis.call('XDEL', KEYS[2], e[1])
+  elseif redis.call('HEXISTS', KEYS[2], key) == 0 then
+    local id = redis.call('XADD', stream, '*', 'd', item, 'k', key)
+    redis.call('HSET', KEYS[2], key, id)
+    redis.call('XDEL', KEYS[1], e[1])
     moved = moved + 1
   end
 end
@@ -315,7 +375,7 @@ local Queue = {}
 Queue.__index = Queue
 
 local NEW_OPTS = check.set { "redis", "name", "prefix", "group", "consumer", "capacity", "visibility_ms",
-  "max_attempts", "prefetch", "max_blockers", "block_ms" }
+  "max_attempts", "prefetch", "max_blockers", "block_ms", "priorities" }
 local PUSH_OPTS = check.set { "delay_ms", "priority", "dedup_key" }
 local POP_OPTS = check.set { "wait_ms" }
 local ACK_OPTS = check.set { "wait" }
@@ -331,6 +391,28 @@ local function default_consumer()
   return string.format("%s-%08x", pid, tonumber(Ccore.keel_rand_next(w.rand) % 0x100000000))
 end
 
+-- The declared priority levels, highest first; 0 is always one of them.
+local function parse_levels(F, list)
+  if list == nil then return { 0 } end
+  if type(list) ~= "table" then
+    error(F .. ": option 'priorities' must be a list of integers (got " .. tostring(list) .. ")", 3)
+  end
+  local levels, seen = {}, { [0] = true }
+  for i, p in ipairs(list) do
+    check.integer(F, "option 'priorities' entry " .. i, p, nil, -1e9, 1e9)
+    if not seen[p] then
+      seen[p] = true
+      levels[#levels + 1] = p
+    end
+  end
+  levels[#levels + 1] = 0
+  if #levels > MAX_LEVELS then
+    error(string.format("%s: option 'priorities' may name at most %d levels", F, MAX_LEVELS - 1), 3)
+  end
+  table.sort(levels, function(a, b) return a > b end)
+  return levels
+end
+
 local M = {}
 
 function M.new(opts)
@@ -340,12 +422,15 @@ function M.new(opts)
   local name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil
   local prefix = common.prefix(F, opts, "queue")
   local vis = check.number(F, "option 'visibility_ms'", opts.visibility_ms, 30000, 1, 1e12)
+  local levels = parse_levels(F, opts.priorities)
+  local base = "{" .. prefix .. "}:s"
   local self = setmetatable({
     redis = client, name = name,
-    stream = "{" .. prefix .. "}:s", dead_stream = "{" .. prefix .. "}:dead",
+    stream = base, dead_stream = "{" .. prefix .. "}:dead",
     delayed = "{" .. prefix .. "}:delayed", delayed_items = "{" .. prefix .. "}:delayed:items",
     seq = "{" .. prefix .. "}:seq", dedup = "{" .. prefix .. "}:dedup",
-    delayed_keys = "{" .. prefix .. "}:delayed:keys",
+    delayed_keys = "{" .. prefix .. "}:delayed:keys", delayed_prio = "{" .. prefix .. "}:delayed:prio",
+    levels = levels, streams = {}, level_ix = {}, stream_ix = {}, level_args = {},
     group = check.string(F, "option 'group'", opts.group, "keel"),
     consumer = opts.consumer ~= nil and check.string(F, "option 'consumer'", opts.consumer) or default_consumer(),
     capacity = check.integer(F, "option 'capacity'", opts.capacity, 1000000, 1, 2 ^ 53),
@@ -354,26 +439,49 @@ function M.new(opts)
     prefetch = check.integer(F, "option 'prefetch'", opts.prefetch, 16, 1, 10000),
     max_blockers = check.integer(F, "option 'max_blockers'", opts.max_blockers, 4, 0, 1000),
     block_ms = check.number(F, "option 'block_ms'", opts.block_ms, min(1000, math.max(1, floor(vis / 2))), 1, 1e9),
-    buf = {}, bhead = 1, btail = 0,
+    -- per level (index into levels): buffered messages, acks queued with
+    -- {wait = false} (plain ids; id, key pairs), acknowledged entries not
+    -- trimmed yet, the open push batch
+    bufs = {}, nbuf = 0, acks = {}, kacks = {}, untrimmed = {}, pbatch = {},
     blockers = {}, nblockers = 0, blocker_wait = sched.waitqueue(),
     group_ready = false, next_reclaim = -huge, promote_at = -huge,
-    acks = {}, kacks = {}, untrimmed = 0, trim_slack = TRIM_SLACK, nacks_pending = 0, flusher = nil,
-    flushed = sched.waitqueue(),
+    trim_slack = TRIM_SLACK, flusher = nil, flushed = sched.waitqueue(),
     st = { pushed = 0, popped = 0, acked = 0, nacked = 0, dead_lettered = 0, reclaimed = 0, full = 0,
            redriven = 0, errors = 0, ack_errors = 0, trimmed = 0, delayed = 0, duplicates = 0 },
   }, Queue)
+  for i, level in ipairs(levels) do
+    local stream = level == 0 and base or string.format("%s:%d", base, level)
+    self.streams[i], self.level_ix[level], self.stream_ix[stream] = stream, i, i
+    self.level_args[i] = string.format("%d", level)
+    self.bufs[i] = { h = 1, t = 0 }
+    self.acks[i], self.kacks[i], self.untrimmed[i] = {}, {}, 0
+  end
+  self.zero_ix = self.level_ix[0]
+  self.single = #levels == 1
+  -- script keys: a push's (after its target stream), a pop's, a redrive's
+  self.push_tail = { self.delayed, unpack(self.streams) }
+  self.pop_keys = { self.dead_stream, self.delayed, self.delayed_items, self.delayed_keys, self.delayed_prio,
+                    self.dedup, unpack(self.streams) }
   metrics.register("redis_queue", name, self)
   return self
 end
 
+-- { a..., b... } (for script keys followed by arguments)
+local function join(a, ...)
+  local out = { unpack(a) }
+  local n = #out
+  for i = 1, select("#", ...) do out[n + i] = select(i, ...) end
+  return out
+end
+
 local function ensure_group(self)
   if self.group_ready then return true end
-  local ok, err = self.redis:call("XGROUP", "CREATE", self.stream, self.group, "0", "MKSTREAM")
-  if ok or (err and err:find("^BUSYGROUP")) then
-    self.group_ready = true
-    return true
+  for _, stream in ipairs(self.streams) do
+    local ok, err = self.redis:call("XGROUP", "CREATE", stream, self.group, "0", "MKSTREAM")
+    if not ok and not (err and err:find("^BUSYGROUP")) then return nil, err end
   end
-  return nil, err
+  self.group_ready = true
+  return true
 end
 
 -- A Redis restarted without persistence forgets the group: recreate it.
@@ -400,15 +508,29 @@ end
 -- one script call for many XADDs.
 local PUSH_BATCH = 500
 
-local function send_pushes(self, b)
-  if self.pbatch == b then self.pbatch = nil end
-  b.r, b.err = self.redis:eval(PUSH_MANY, 2, self.stream, self.delayed, self.capacity, unpack(b.items))
+local function send_pushes(self, li, b)
+  if self.pbatch[li] == b then self.pbatch[li] = nil end
+  local args = join({ self.streams[li] }, unpack(self.push_tail))
+  local nkeys = #args
+  args[nkeys + 1] = self.capacity
+  for i, item in ipairs(b.items) do args[nkeys + 1 + i] = item end
+  b.r, b.err = self.redis:eval(PUSH_MANY, nkeys, unpack(args))
   b.done = true
   b.q:wake_all()
 end
 
--- push(item [, {delay_ms, dedup_key}]) -> id | nil, "full" | nil, "duplicate"
--- | nil, "conn: ..."
+local function level_arg(F, self, priority)
+  if priority == nil or priority == 0 then return self.zero_ix end
+  local li = type(priority) == "number" and self.level_ix[priority]
+  if not li then
+    error(string.format("%s: option 'priority' must be one of the queue's priorities (option 'priorities'; got %s)",
+      F, tostring(priority)), 3)
+  end
+  return li
+end
+
+-- push(item [, {priority, delay_ms, dedup_key}]) -> id | nil, "full" |
+-- nil, "duplicate" | nil, "conn: ..."
 -- id is the stream id, or "d<n>" for a delayed message (it gets a stream
 -- id when it is due). A push whose task is cancelled while waiting may
 -- still be enqueued.
@@ -416,12 +538,10 @@ function Queue:push(item, opts)
   local F = "keel.redis.queue:push"
   self_check(F, self)
   item = item_arg(F, item)
-  local delay, key = 0, nil
+  local delay, key, li = 0, nil, self.zero_ix
   if opts ~= nil then
     check.opts(F, opts, PUSH_OPTS)
-    if opts.priority ~= nil then
-      error(F .. ": option priority is not supported by the Redis queue", 2)
-    end
+    li = level_arg(F, self, opts.priority)
     delay = check.number(F, "option 'delay_ms'", opts.delay_ms, 0, 0, 1e15)
     if opts.dedup_key ~= nil then
       key = check.key(F, "option 'dedup_key'", opts.dedup_key)
@@ -430,8 +550,11 @@ function Queue:push(item, opts)
   end
   sched.need_task(F, 2)
   if delay > 0 then
-    local id, err = self.redis:eval(PUSH_DELAYED, 6, self.stream, self.delayed, self.delayed_items, self.seq,
-      self.delayed_keys, self.dedup, self.capacity, floor(delay + 0.5), item, key or "")
+    local args = join({ self.stream }, unpack(self.push_tail))
+    local nkeys = #args + 5
+    args = join(args, self.delayed_items, self.seq, self.delayed_keys, self.delayed_prio, self.dedup,
+      self.capacity, floor(delay + 0.5), item, key or "", self.level_args[li])
+    local id, err = self.redis:eval(PUSH_DELAYED, nkeys, unpack(args))
     if err then
       self.st.errors = self.st.errors + 1
       return nil, err
@@ -451,7 +574,10 @@ function Queue:push(item, opts)
     return "d" .. id
   end
   if key then
-    local id, err = self.redis:eval(PUSH_KEYED, 3, self.stream, self.delayed, self.dedup, self.capacity, item, key)
+    local args = join({ self.streams[li] }, unpack(self.push_tail))
+    local nkeys = #args + 1
+    args = join(args, self.dedup, self.capacity, item, key)
+    local id, err = self.redis:eval(PUSH_KEYED, nkeys, unpack(args))
     if err then
       self.st.errors = self.st.errors + 1
       return nil, err
@@ -466,15 +592,15 @@ function Queue:push(item, opts)
     self.st.pushed = self.st.pushed + 1
     return id
   end
-  local b = self.pbatch
+  local b = self.pbatch[li]
   if not b then
     b = { items = {}, q = sched.waitqueue() }
-    self.pbatch = b
-    sched.spawn(send_pushes, self, b)
+    self.pbatch[li] = b
+    sched.spawn(send_pushes, self, li, b)
   end
   local i = #b.items + 1
   b.items[i] = item
-  if i >= PUSH_BATCH then self.pbatch = nil end
+  if i >= PUSH_BATCH then self.pbatch[li] = nil end
   if not b.done then b.q:wait(nil, F) end
   if not b.r then
     self.st.errors = self.st.errors + 1
@@ -489,24 +615,28 @@ function Queue:push(item, opts)
   return id
 end
 
-local function new_msg(self, id, item, attempt, now, key)
-  return { id = id, item = item, attempt = attempt, queue = self, delivered = now, dedup_key = key or nil }
+local function add(self, li, id, item, attempt, now, key)
+  local b = self.bufs[li]
+  local t = b.t + 1
+  b.t = t
+  b[t] = { id = id, item = item, attempt = attempt, queue = self, delivered = now, dedup_key = key or nil,
+           level = li, priority = self.levels[li] }
+  self.nbuf = self.nbuf + 1
 end
 
+-- Entries from the pop script: { id, item, attempt, key | false, level index }
 local function buffer(self, list, count)
   self.more = #list >= count
   local now = sched.now()
   for _, e in ipairs(list) do
-    local t = self.btail + 1
-    self.btail = t
-    self.buf[t] = new_msg(self, e[1], e[2], e[3], now, e[4])
+    add(self, e[5], e[1], e[2], e[3], now, e[4])
     if e[3] > 1 then self.st.reclaimed = self.st.reclaimed + 1 end
   end
 end
 
--- Entries of an XREADGROUP ">" reply: first deliveries.
-local function buffer_read(self, entries, count)
-  self.more = #entries >= count
+-- Entries of an XREADGROUP ">" reply for level li: first deliveries.
+local function buffer_read(self, entries, count, li)
+  if count then self.more = #entries >= count end
   local now = sched.now()
   for _, e in ipairs(entries) do
     local f, item, key = e[2], "", nil
@@ -515,9 +645,7 @@ local function buffer_read(self, entries, count)
         if f[i] == "d" then item = f[i + 1] elseif f[i] == "k" then key = f[i + 1] end
       end
     end
-    local t = self.btail + 1
-    self.btail = t
-    self.buf[t] = new_msg(self, e[1], item, 1, now, key)
+    add(self, li, e[1], item, 1, now, key)
   end
 end
 
@@ -528,29 +656,39 @@ local function read_ahead(self, count)
   self.fetching = false
 end
 
+-- The next buffered message, highest level first.
 local function take(self)
-  while self.bhead <= self.btail do
-    local h = self.bhead
-    local msg = self.buf[h]
-    self.buf[h] = nil
-    self.bhead = h + 1
-    -- held here past visibility: another consumer may have it by now; it
-    -- stays pending in Redis and comes back through a reclaim
-    if sched.now() - msg.delivered < self.visibility_ms then
-      self.st.popped = self.st.popped + 1
-      -- half the batch is gone and the last read was full: top the buffer
-      -- up to prefetch now, so consumers do not wait a round trip for it
-      local held = self.btail - self.bhead + 1
-      if self.more and not self.fetching and held < floor(self.prefetch / 2) then
-        self.fetching = true
-        self.more = false
-        sched.spawn(read_ahead, self, self.prefetch - held)
+  local bufs = self.bufs
+  for li = 1, #bufs do
+    local b = bufs[li]
+    while b.h <= b.t do
+      local h = b.h
+      local msg = b[h]
+      b[h] = nil
+      b.h = h + 1
+      self.nbuf = self.nbuf - 1
+      -- held here past visibility: another consumer may have it by now; it
+      -- stays pending in Redis and comes back through a reclaim
+      if sched.now() - msg.delivered < self.visibility_ms then
+        self.st.popped = self.st.popped + 1
+        -- half the batch is gone and the last read was full: top the buffer
+        -- up to prefetch now, so consumers do not wait a round trip for it
+        local held = self.nbuf
+        if self.more and not self.fetching and held < floor(self.prefetch / 2) then
+          self.fetching = true
+          self.more = false
+          sched.spawn(read_ahead, self, self.prefetch - held)
+        end
+        return msg
       end
-      return msg
     end
+    b.h, b.t = 1, 0
   end
-  self.bhead, self.btail = 1, 0
   return nil
+end
+
+local function mark_untrimmed(self)
+  for li = 1, #self.streams do self.untrimmed[li] = self.untrimmed[li] + 1 end
 end
 
 function fetch(self, count)
@@ -562,30 +700,31 @@ function fetch(self, count)
   if reclaim then
     self.next_reclaim = now + math.max(10, self.visibility_ms / 4)
   end
-  if not reclaim and now < self.promote_at then
+  if not reclaim and now < self.promote_at and self.single then
     -- between reclaim passes new messages come straight from XREADGROUP:
-    -- the script costs the server more than the read itself
+    -- the script costs the server more than the read itself (with several
+    -- levels the script reads them in order in one round trip)
     local r = self.redis:call("XREADGROUP", "GROUP", self.group, self.consumer,
       "COUNT", count, "STREAMS", self.stream, ">")
     if type(r) == "table" and r[1] and #r[1][2] > 0 then
-      buffer_read(self, r[1][2], count)
+      buffer_read(self, r[1][2], count, 1)
       return true
     end
   end
+  local args = join(self.pop_keys, self.group, self.consumer, self.visibility_ms, self.max_attempts, count,
+    reclaim and "1" or "0", unpack(self.level_args))
   local r
   r, err = retry_nogroup(self, function()
-    return self.redis:eval(POP, 6, self.stream, self.dead_stream, self.delayed, self.delayed_items,
-      self.delayed_keys, self.dedup, self.group, self.consumer,
-      self.visibility_ms, self.max_attempts, count, reclaim and "1" or "0")
+    return self.redis:eval(POP, #self.pop_keys, unpack(args))
   end)
   if not r then self.st.errors = self.st.errors + 1; return nil, err end
   if reclaim then
     -- entries a crashed consumer acknowledged but never saw trimmed
-    self.untrimmed = self.untrimmed + 1
+    mark_untrimmed(self)
     start_flusher(self)
   end
   self.st.dead_lettered = self.st.dead_lettered + r[2]
-  -- the script also moved due delayed messages into the stream: run it
+  -- the script also moved due delayed messages into the streams: run it
   -- again when the next one is due, and at least every PROMOTE_MS for
   -- delayed messages other processes push meanwhile
   self.promote_at = sched.now() + (r[3] >= 0 and min(r[3], PROMOTE_MS) or PROMOTE_MS)
@@ -624,12 +763,18 @@ local function block(self, ms)
     sched.sleep(min(ms, 10), "keel.redis.queue:pop")
     return
   end
-  local ok, r = pcall(c.call_timeout, c, ms + 2000, "XREADGROUP", "GROUP", self.group, self.consumer,
-    "COUNT", self.prefetch, "BLOCK", floor(ms), "STREAMS", self.stream, ">")
+  local cmd = { "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self.prefetch, "BLOCK", floor(ms),
+                "STREAMS", unpack(self.streams) }
+  for _ = 1, #self.streams do cmd[#cmd + 1] = ">" end
+  local ok, r = pcall(c.call_timeout, c, ms + 2000, unpack(cmd))
   if not ok then c:close(); self.nblockers = self.nblockers - 1; error(r, 0) end -- cancelled
   put_blocker(self, c)
   if type(r) == "table" and r[1] then
-    buffer_read(self, r[1][2], self.prefetch)
+    -- one reply per stream that had entries; every one is ours now
+    for i, s in ipairs(r) do
+      local li = self.stream_ix[s[1]]
+      if li then buffer_read(self, s[2], i == 1 and self.prefetch or nil, li) end
+    end
   elseif r == nil then
     -- nil is both "nothing arrived" and a failure; a failure was already
     -- visible to the caller's next fetch, so pause briefly instead of spinning
@@ -667,59 +812,81 @@ local function msg_arg(F, self, msg)
   if type(msg) ~= "table" or type(msg.id) ~= "string" or type(msg.attempt) ~= "number" then
     error(string.format("%s: argument 'msg' must be a message returned by pop (got %s)", F, tostring(msg)), 3)
   end
-  return msg.queue == self
+  return msg.queue == self and self.streams[msg.level] ~= nil
 end
 
-local function take_batch(self, field)
-  local ids = self[field]
-  if #ids > ACK_BATCH then
+-- Up to ACK_BATCH entries (n per entry) from list lists[li]; the rest stays.
+local function take_batch(lists, li, n)
+  local ids = lists[li]
+  local cut = ACK_BATCH * n
+  if #ids > cut then
     local rest = {}
-    for i = ACK_BATCH + 1, #ids do rest[#rest + 1] = ids[i]; ids[i] = nil end
-    self[field] = rest
+    for i = cut + 1, #ids do rest[#rest + 1] = ids[i]; ids[i] = nil end
+    lists[li] = rest
   else
-    self[field] = {}
+    lists[li] = {}
   end
   return ids
 end
 
+local function acks_queued(self)
+  for li = 1, #self.streams do
+    if #self.acks[li] > 0 or #self.kacks[li] > 0 then return true end
+  end
+  return false
+end
+
+local function untrimmed_total(self)
+  local n = 0
+  for li = 1, #self.streams do n = n + self.untrimmed[li] end
+  return n
+end
+
 -- Sends the acks queued by ack(msg, {wait = false}), all those queued
--- meanwhile in one XACK per round trip, then trims what was acknowledged.
+-- meanwhile in one XACK per stream and round trip, then trims what was
+-- acknowledged.
 local function flush_acks(self)
-  while #self.acks > 0 or #self.kacks > 0 or self.untrimmed > 0 do
-    if #self.kacks > 0 then
-      local pairs_ = take_batch(self, "kacks") -- id, key, id, key, ...
-      local n, err = self.redis:eval(ACK_KEYED, 2, self.stream, self.dedup, self.group, unpack(pairs_))
-      if n then
-        self.st.acked = self.st.acked + n
-        self.untrimmed = self.untrimmed + n
-      else
-        self.st.ack_errors = self.st.ack_errors + #pairs_ / 2
-        self.st.errors = self.st.errors + 1
-        self.last_ack_error = err
+  while acks_queued(self) or untrimmed_total(self) > 0 do
+    for li, stream in ipairs(self.streams) do
+      if #self.kacks[li] > 0 then
+        local pairs_ = take_batch(self.kacks, li, 2) -- id, key, id, key, ...
+        local n, err = self.redis:eval(ACK_KEYED, 2, stream, self.dedup, self.group, unpack(pairs_))
+        if n then
+          self.st.acked = self.st.acked + n
+          self.untrimmed[li] = self.untrimmed[li] + n
+        else
+          -- not acknowledged: these come back through a reclaim (at-least-once)
+          self.st.ack_errors = self.st.ack_errors + #pairs_ / 2
+          self.st.errors = self.st.errors + 1
+          self.last_ack_error = err
+        end
       end
-    end
-    if #self.acks > 0 then
-      local ids = take_batch(self, "acks")
-      local n, err = self.redis:call("XACK", self.stream, self.group, unpack(ids))
-      if n then
-        self.st.acked = self.st.acked + n
-        self.untrimmed = self.untrimmed + n
-      else
-        -- not acknowledged: these come back through a reclaim (at-least-once)
-        self.st.ack_errors = self.st.ack_errors + #ids
-        self.st.errors = self.st.errors + 1
-        self.last_ack_error = err
+      if #self.acks[li] > 0 then
+        local ids = take_batch(self.acks, li, 1)
+        local n, err = self.redis:call("XACK", stream, self.group, unpack(ids))
+        if n then
+          self.st.acked = self.st.acked + n
+          self.untrimmed[li] = self.untrimmed[li] + n
+        else
+          self.st.ack_errors = self.st.ack_errors + #ids
+          self.st.errors = self.st.errors + 1
+          self.last_ack_error = err
+        end
       end
     end
     -- trimming waits a moment, so one call covers many acks
-    if #self.acks == 0 and #self.kacks == 0 and self.untrimmed > 0 and self.untrimmed < ACK_BATCH
-      and not self.flush_now then
+    local un = untrimmed_total(self)
+    if not acks_queued(self) and un > 0 and un < ACK_BATCH and not self.flush_now then
       sched.sleep(TRIM_DELAY_MS, "keel.redis.queue:flush")
     end
-    if #self.acks == 0 and #self.kacks == 0 and self.untrimmed > 0 then
-      self.untrimmed = 0
-      local n = self.redis:eval(TRIM, 1, self.stream, self.group, self.trim_slack)
-      if n then self.st.trimmed = self.st.trimmed + n else self.st.errors = self.st.errors + 1 end
+    if not acks_queued(self) then
+      for li, stream in ipairs(self.streams) do
+        if self.untrimmed[li] > 0 then
+          self.untrimmed[li] = 0
+          local n = self.redis:eval(TRIM, 1, stream, self.group, self.trim_slack)
+          if n then self.st.trimmed = self.st.trimmed + n else self.st.errors = self.st.errors + 1 end
+        end
+      end
     end
   end
   self.flusher = nil
@@ -745,15 +912,15 @@ function Queue:ack(msg, opts)
     wait = check.boolean(F, "option 'wait'", opts.wait, true)
   end
   if not msg_arg(F, self, msg) then return nil, "unknown" end
-  local key = msg.dedup_key
+  local key, li = msg.dedup_key, msg.level
   if not wait then
     local a
     if key then
-      a = self.kacks
+      a = self.kacks[li]
       a[#a + 1] = msg.id
       a[#a + 1] = key
     else
-      a = self.acks
+      a = self.acks[li]
       a[#a + 1] = msg.id
     end
     if not self.flusher then start_flusher(self)
@@ -766,11 +933,12 @@ function Queue:ack(msg, opts)
   -- can no longer be delivered (it is out of the pending list and behind the
   -- group's last-delivered id).
   sched.need_task(F, 2)
+  local stream = self.streams[li]
   local n, err
   if key then
-    n, err = self.redis:eval(ACK_KEYED, 2, self.stream, self.dedup, self.group, msg.id, key)
+    n, err = self.redis:eval(ACK_KEYED, 2, stream, self.dedup, self.group, msg.id, key)
   else
-    n, err = self.redis:call("XACK", self.stream, self.group, msg.id)
+    n, err = self.redis:call("XACK", stream, self.group, msg.id)
   end
   if not n then
     self.st.errors = self.st.errors + 1
@@ -778,7 +946,7 @@ function Queue:ack(msg, opts)
   end
   if n ~= 1 then return nil, "unknown" end
   self.st.acked = self.st.acked + 1
-  self.untrimmed = self.untrimmed + 1
+  self.untrimmed[li] = self.untrimmed[li] + 1
   start_flusher(self)
   return true
 end
@@ -786,7 +954,7 @@ end
 -- Waits until every ack queued with {wait = false} has been sent.
 function Queue:flush()
   self_check("keel.redis.queue:flush", self)
-  while self.flusher or #self.acks > 0 or #self.kacks > 0 or self.untrimmed > 0 do
+  while self.flusher or acks_queued(self) or untrimmed_total(self) > 0 do
     self.flush_now = true
     start_flusher(self)
     self.flushed:wait(nil, "keel.redis.queue:flush")
@@ -809,8 +977,9 @@ function Queue:nack(msg, opts)
   end
   if not mine then return nil, "unknown" end
   local idle = floor(math.max(0, self.visibility_ms - delay))
-  local r, err = self.redis:eval(NACK, 3, self.stream, self.dead_stream, self.dedup, self.group, self.consumer,
-    msg.id, idle, msg.attempt, self.max_attempts, msg.item, why, msg.dedup_key or "")
+  local r, err = self.redis:eval(NACK, 3, self.streams[msg.level], self.dead_stream, self.dedup, self.group,
+    self.consumer, msg.id, idle, msg.attempt, self.max_attempts, msg.item, why, msg.dedup_key or "",
+    self.level_args[msg.level])
   if not r then self.st.errors = self.st.errors + 1; return nil, err end
   if r == 0 then return nil, "unknown" end
   self.st.nacked = self.st.nacked + 1
@@ -832,24 +1001,25 @@ function Queue:extend(msg, ms)
   ms = check.number(F, "argument 'ms'", ms, nil, 0)
   if not mine then return nil, "unknown" end
   local idle = floor(math.max(0, self.visibility_ms - ms))
-  local r, err = self.redis:eval(EXTEND, 1, self.stream, self.group, self.consumer, msg.id, idle)
+  local r, err = self.redis:eval(EXTEND, 1, self.streams[msg.level], self.group, self.consumer, msg.id, idle)
   if not r then return nil, err end
   if r == 0 then return nil, "unknown" end
   msg.delivered = sched.now() - idle
   return true
 end
 
--- redrive([n]) -> moved: dead letters back onto the queue, oldest first,
--- with fresh attempts. A letter whose dedup key has been taken again stays
--- in the dead-letter stream.
+-- redrive([n]) -> moved: dead letters back onto the queue (each to its
+-- priority level), oldest first, with fresh attempts. A letter whose dedup
+-- key has been taken again stays in the dead-letter stream.
 function Queue:redrive(n)
   local F = "keel.redis.queue:redrive"
   self_check(F, self)
   n = check.number(F, "argument 'n'", n, huge, 0)
   local moved, start = 0, "-"
+  local keys = join({ self.dead_stream, self.dedup }, unpack(self.streams))
   while moved < n do
     local batch = min(n - moved, 100)
-    local r, err = self.redis:eval(REDRIVE, 3, self.stream, self.dead_stream, self.dedup, batch, start)
+    local r, err = self.redis:eval(REDRIVE, #keys, unpack(join(keys, batch, start, unpack(self.level_args))))
     if not r then return nil, err end
     moved = moved + r[1]
     if r[2] < batch then break end
@@ -859,7 +1029,8 @@ function Queue:redrive(n)
   return moved
 end
 
--- dead([n]) -> list of { id, item, attempts, error, source_id, dedup_key } (oldest first)
+-- dead([n]) -> list of { id, item, attempts, error, source_id, dedup_key,
+-- priority } (oldest first)
 function Queue:dead(n)
   local F = "keel.redis.queue:dead"
   self_check(F, self)
@@ -871,43 +1042,53 @@ function Queue:dead(n)
     local f, d = e[2], { id = e[1] }
     for i = 1, #f, 2 do d[f[i]] = f[i + 1] end
     out[#out + 1] = { id = e[1], item = d.d, attempts = tonumber(d.attempts), error = d.error, source_id = d.id,
-                      dedup_key = d.k }
+                      dedup_key = d.k, priority = tonumber(d.p) or 0 }
   end
   return out
 end
 
--- info() -> { length, pending, dead } from Redis | nil, err
+-- info() -> { length, pending, ready, dead, delayed } from Redis, summed
+-- over the priority levels | nil, err
 function Queue:info()
   self_check("keel.redis.queue:info", self)
   local ok, err = ensure_group(self)
   if not ok then return nil, err end
-  -- length is then what the stream holds once every acknowledged entry
+  -- length is then what the streams hold once every acknowledged entry
   -- that can be trimmed is
   self:flush()
-  local t = self.redis:eval(TRIM, 1, self.stream, self.group, self.trim_slack)
-  if t then self.st.trimmed = self.st.trimmed + t end
+  for _, stream in ipairs(self.streams) do
+    local t = self.redis:eval(TRIM, 1, stream, self.group, self.trim_slack)
+    if t then self.st.trimmed = self.st.trimmed + t end
+  end
   local r
   r, err = self.redis:pipeline(function(p)
-    p:call("XLEN", self.stream)
-    p:call("XPENDING", self.stream, self.group)
     p:call("XLEN", self.dead_stream)
-    p:call("XINFO", "GROUPS", self.stream)
     p:call("ZCARD", self.delayed)
+    for _, stream in ipairs(self.streams) do
+      p:call("XLEN", stream)
+      p:call("XPENDING", stream, self.group)
+      p:call("XINFO", "GROUPS", stream)
+    end
   end)
   if not r then return nil, err end
-  local pend = type(r[2]) == "table" and r[2][1] or 0
-  local ready = (r[1] or 0) - pend
-  for _, g in ipairs(type(r[4]) == "table" and r[4] or {}) do
-    local f = {}
-    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-    if f.name == self.group and type(f.lag) == "number" then ready = f.lag end
+  local info = { length = 0, pending = 0, ready = 0, dead = r[1], delayed = r[2] or 0 }
+  for li = 1, #self.streams do
+    local len, pend, groups = r[3 * li] or 0, r[3 * li + 1], r[3 * li + 2]
+    pend = type(pend) == "table" and pend[1] or 0
+    local ready = len - pend
+    for _, g in ipairs(type(groups) == "table" and groups or {}) do
+      local f = {}
+      for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+      if f.name == self.group and type(f.lag) == "number" then ready = f.lag end
+    end
+    info.length, info.pending, info.ready = info.length + len, info.pending + pend, info.ready + ready
   end
-  return { length = r[1], pending = pend, ready = ready, dead = r[3], delayed = r[5] or 0 }
+  return info
 end
 
 function Queue:stats()
   self_check("keel.redis.queue:stats", self)
-  local s = { buffered = self.btail - self.bhead + 1, blockers = self.nblockers }
+  local s = { buffered = self.nbuf, blockers = self.nblockers }
   for k, v in pairs(self.st) do s[k] = v end
   return s
 end
