@@ -107,11 +107,13 @@ static void push_failure(lua_State *L, int status, const char *err) {
     lua_pushfstring(L, "%s: %s", status_code(status), err ? err : "");
 }
 
-/* Moves the top two values (value, error) into the inbox under id. */
+/* Moves the top two values (value, error) into the inbox under id; id < 0
+ * files them under false, for a published message (see deliver_push). */
 static void inbox_put(glue_t *g, lua_State *L, int64_t id) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, g->inbox_ref);
     int n = g->inbox_n;
-    lua_pushnumber(L, (lua_Number)id);
+    if (id < 0) lua_pushboolean(L, 0);
+    else lua_pushnumber(L, (lua_Number)id);
     lua_rawseti(L, -2, n + 1);
     lua_insert(L, -3);          /* inbox value err */
     lua_rawseti(L, -3, n + 3);
@@ -268,6 +270,34 @@ static void on_reply(void *ud, uint64_t req_id, const redisReply *rep, int statu
     }
 }
 
+typedef struct {
+    glue_t *g;
+    const redisReply *rep;
+} push_ctx;
+
+/* A published message as its array (false for "subscriptions lost"),
+ * handed to the connection's drain with the replies of the same read. */
+static int deliver_push(lua_State *L) {
+    push_ctx *c = lua_touserdata(L, 1);
+    lua_pop(L, 1);
+    if (c->rep) push_reply(L, c->rep, 0);
+    else lua_pushboolean(L, 0);
+    lua_pushnil(L);
+    inbox_put(c->g, L, -1);
+    return 0;
+}
+
+static void on_push(void *ud, const redisReply *rep) {
+    glue_t *g = ud;
+    if (g->dead) return;
+    lua_State *L = keel_rt_state(g->rt);
+    push_ctx c = { g, rep };
+    if (lua_cpcall(L, deliver_push, &c) != 0) {
+        fprintf(stderr, "keel.redis: dropping a published message: %s\n", lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
 static void on_free(void *ud) {
     glue_t *g = ud;
     if (!g->dead) {
@@ -289,7 +319,8 @@ static glue_t *check_conn(lua_State *L, int idx) {
  *     backoff_base_ms, backoff_max_ms, max_pending, drain) -> conn | nil, err
  * drain(inbox, n, ring) completes every reply recorded in ring (a
  * keel_redis_ring_t *, as light userdata), then inbox[i] with inbox[i+1],
- * inbox[i+2] for i = 1, 4, ... < n, and clears the inbox. */
+ * inbox[i+2] for i = 1, 4, ... < n (inbox[i] false: a published message),
+ * and clears the inbox. */
 static int l_new(lua_State *L) {
     keel_runtime *rt = keel_rt_from_lua(L);
     if (!rt) return luaL_error(L, "keel.redis: no runtime");
@@ -308,6 +339,7 @@ static int l_new(lua_State *L) {
     o.on_reply = on_reply;
     o.on_free = on_free;
     o.on_flush = on_flush;
+    o.on_push = on_push;
     glue_t *g = calloc(1, sizeof *g);
     if (!g) return luaL_error(L, "keel.redis: out of memory");
     g->rt = rt;
@@ -496,6 +528,13 @@ static int l_batch(lua_State *L) {
     return 1;
 }
 
+/* push_mode(conn, on): see keel_redis_set_push_mode */
+static int l_push_mode(lua_State *L) {
+    glue_t *g = check_conn(L, 1);
+    if (g && g->r) keel_redis_set_push_mode(g->r, lua_toboolean(L, 2));
+    return 0;
+}
+
 /* handle(conn) -> light userdata keel_redis_t * for the FFI calls, or nil
  * once closed. The Lua side drops it when it closes the connection. */
 static int l_handle(lua_State *L) {
@@ -554,7 +593,7 @@ int luaopen_keel_redis_core(lua_State *L) {
     static const luaL_Reg fns[] = {
         { "new", l_new }, { "close", l_close }, { "ready", l_ready }, { "call", l_call },
         { "batch", l_batch }, { "state", l_state }, { "stats", l_stats },
-        { "handle", l_handle }, { "layout", l_layout }, { NULL, NULL }
+        { "handle", l_handle }, { "layout", l_layout }, { "push_mode", l_push_mode }, { NULL, NULL }
     };
     lua_createtable(L, 0, 8);
     luaL_register(L, NULL, fns);

@@ -73,6 +73,7 @@ struct keel_redis {
     uv_prepare_t flush_prep;
     int handles_open;       /* including a closing poll handle */
     int closing, abandoned, teardown_done;
+    int push_mode;          /* pub/sub: message arrays go to on_push */
     int in_cb;              /* inside a callback to the user, or processing a read */
     uint32_t ndeliv;        /* on_reply calls since the last on_flush */
 
@@ -170,6 +171,27 @@ static void deliver(keel_redis_t *r, uint64_t id, const redisReply *rep, int sta
     r->ndeliv++;
     r->o.on_reply(r->o.ud, id, rep, status, err);
     r->in_cb--;
+}
+
+static void deliver_push(keel_redis_t *r, const redisReply *rep) {
+    if (r->abandoned || !r->o.on_push) return;
+    r->in_cb++;
+    r->ndeliv++;
+    r->o.on_push(r->o.ud, rep);
+    r->in_cb--;
+}
+
+/* A published message (RESP2 has no push type: in subscribed mode it is an
+ * array led by its kind). Only asked in push mode, where no other command
+ * may run, so an ordinary reply cannot look like one. */
+static int is_push(const redisReply *rep) {
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3) return 0;
+    const redisReply *k = rep->element[0];
+    if (k->type != REDIS_REPLY_STRING && k->type != REDIS_REPLY_STATUS) return 0;
+    if (k->len == 7 && memcmp(k->str, "message", 7) == 0) return rep->elements == 3;
+    if (k->len == 8 && memcmp(k->str, "pmessage", 8) == 0) return rep->elements == 4;
+    if (k->len == 8 && memcmp(k->str, "smessage", 8) == 0) return rep->elements == 3;
+    return 0;
 }
 
 static void flush_deliveries(keel_redis_t *r) {
@@ -383,6 +405,7 @@ static void lose_connection(keel_redis_t *r, const char *prefix, const char *det
     if (detail && !r->handshake_failed) set_err(r, prefix, detail);
     close_socket(r);
     if (!was_connected) r->st.connect_failures++;
+    if (was_connected && r->push_mode) deliver_push(r, NULL); /* the subscriptions went with it */
     if (r->closing) {
         fail_fifo(r, KEEL_REDIS_ECLOSED, "client closed");
         flush_deliveries(r);
@@ -419,6 +442,13 @@ static int process_replies(keel_redis_t *r) {
         }
         if (!reply) return 1;
         redisReply *rep = reply;
+        if (r->push_mode && is_push(rep)) {
+            r->last_reply_ms = io_now(r);
+            r->stale_timeouts = 0;
+            deliver_push(r, rep);
+            freeReplyObject(rep);
+            continue;
+        }
         if (r->flen == 0) {
             freeReplyObject(rep);
             lose_connection(r, "connection lost: ", "Protocol error: a reply to no request");
@@ -946,6 +976,10 @@ void keel_redis_abandon(keel_redis_t *r) {
      * unless we are inside one of our own callbacks */
     if (r->in_cb) uv_timer_start(&r->close_timer, close_cb, 0, 0);
     else teardown(r);
+}
+
+void keel_redis_set_push_mode(keel_redis_t *r, int on) {
+    if (r) r->push_mode = on ? 1 : 0;
 }
 
 int keel_redis_state(const keel_redis_t *r) { return r ? r->state : KEEL_REDIS_S_CLOSED; }

@@ -64,6 +64,11 @@ typedef struct keel_redis_opts {
      * read, a deadline check, a close), so the caller can hand many replies
      * over at once */
     void (*on_flush)(void *ud);
+    /* optional, for pub/sub: in push mode (keel_redis_set_push_mode) a
+     * "message", "pmessage" or "smessage" array is handed here instead of
+     * answering a request; r == NULL says the connection was lost, and with
+     * it every subscription */
+    void (*on_push)(void *ud, const redisReply *r);
     void *ud;
 } keel_redis_opts_t;
 
@@ -93,6 +98,11 @@ void keel_redis_close(keel_redis_t *r);
 /* Like close, but on_reply is not called again: for finalizers that run when
  * the caller's state is going away. */
 void keel_redis_abandon(keel_redis_t *r);
+
+/* Push mode, for a connection that (P|S)SUBSCRIBEs: published messages
+ * arrive without a request. Subscribe and unsubscribe one channel per
+ * command, so each confirmation answers its own request. */
+void keel_redis_set_push_mode(keel_redis_t *r, int on);
 
 int keel_redis_state(const keel_redis_t *r);
 const char *keel_redis_last_error(const keel_redis_t *r);

@@ -81,7 +81,7 @@ local DONE_NUM, DONE_STR, DONE_NIL = 0, 1, 2
 -- from the C glue at the end of each socket read). First the simple
 -- replies the glue recorded in C, read here through the FFI, then the
 -- Lua-built ones, as id, value, error triples in the inbox.
-local function new_drain()
+local function new_drain(on_push)
   local ring -- the connection's reply records, cast once (a cast is not compiled)
   return function(inbox, n, ringp)
     if not ring then ring = ffi_cast(RING, ringp) end
@@ -103,7 +103,15 @@ local function new_drain()
       end
     end
     for i = 1, n, 3 do
-      complete(inbox[i], inbox[i + 1], inbox[i + 2])
+      local id = inbox[i]
+      if id == false then
+        if on_push then
+          local ok, err = pcall(on_push, inbox[i + 1])
+          if not ok then sched.report("keel.redis: a subscriber's message handler failed: " .. tostring(err)) end
+        end
+      else
+        complete(id, inbox[i + 1], inbox[i + 2])
+      end
       inbox[i], inbox[i + 1], inbox[i + 2] = nil, nil, nil
     end
   end
@@ -111,48 +119,46 @@ end
 
 local FN = "keel.redis.connect"
 
-local function normalize(arg, extra)
+local function normalize(arg, extra, F)
+  F = F or FN
   local o
   if type(arg) == "string" then
     local parsed, err = parse_url(arg)
     if not parsed then
-      error(string.format("%s: bad URL %q: %s", FN, arg, err), 3)
+      error(string.format("%s: bad URL %q: %s", F, arg, err), 3)
     end
     o = parsed
     if extra ~= nil then
-      check.opts(FN, extra, CONNECT_OPTS)
+      check.opts(F, extra, CONNECT_OPTS)
       for k, v in pairs(extra) do o[k] = v end
     end
   elseif type(arg) == "table" or arg == nil then
-    o = check.opts(FN, arg, CONNECT_OPTS)
+    o = check.opts(F, arg, CONNECT_OPTS)
   else
-    error(string.format("%s: argument must be a URL string or an options table (got %s)", FN, tostring(arg)), 3)
+    error(string.format("%s: argument must be a URL string or an options table (got %s)", F, tostring(arg)), 3)
   end
   return {
-    host = check.string(FN, "option 'host'", o.host, "127.0.0.1"),
-    port = check.integer(FN, "option 'port'", o.port, 6379, 1, 65535),
-    password = o.password ~= nil and check.string(FN, "option 'password'", o.password) or nil,
-    username = o.username ~= nil and check.string(FN, "option 'username'", o.username) or nil,
-    db = check.integer(FN, "option 'db'", o.db, 0, 0, 1000000),
-    timeout_ms = check.number(FN, "option 'timeout_ms'", o.timeout_ms, 5000, 1, 1e9),
-    connect_timeout_ms = check.number(FN, "option 'connect_timeout_ms'", o.connect_timeout_ms,
+    host = check.string(F, "option 'host'", o.host, "127.0.0.1"),
+    port = check.integer(F, "option 'port'", o.port, 6379, 1, 65535),
+    password = o.password ~= nil and check.string(F, "option 'password'", o.password) or nil,
+    username = o.username ~= nil and check.string(F, "option 'username'", o.username) or nil,
+    db = check.integer(F, "option 'db'", o.db, 0, 0, 1000000),
+    timeout_ms = check.number(F, "option 'timeout_ms'", o.timeout_ms, 5000, 1, 1e9),
+    connect_timeout_ms = check.number(F, "option 'connect_timeout_ms'", o.connect_timeout_ms,
       o.timeout_ms or 2000, 1, 1e9),
-    backoff_base_ms = check.number(FN, "option 'backoff_base_ms'", o.backoff_base_ms, 50, 1, 1e7),
-    backoff_max_ms = check.number(FN, "option 'backoff_max_ms'", o.backoff_max_ms, 2000, 1, 1e8),
-    max_pending = check.integer(FN, "option 'max_pending'", o.max_pending, 65536, 1, 1e7),
-    name = o.name ~= nil and check.string(FN, "option 'name'", o.name) or nil,
+    backoff_base_ms = check.number(F, "option 'backoff_base_ms'", o.backoff_base_ms, 50, 1, 1e7),
+    backoff_max_ms = check.number(F, "option 'backoff_max_ms'", o.backoff_max_ms, 2000, 1, 1e8),
+    max_pending = check.integer(F, "option 'max_pending'", o.max_pending, 65536, 1, 1e7),
+    name = o.name ~= nil and check.string(F, "option 'name'", o.name) or nil,
   }
 end
 
--- connect(url | opts [, opts]) -> client | nil, "conn: detail"
--- Waits for the first connection (and AUTH/SELECT) so a wrong address or
--- password is reported here; later losses are handled by reconnecting.
-function redis.connect(arg, extra)
-  local o = normalize(arg, extra)
-  sched.need_task(FN, 2)
-  if o.host:find("%z") then error(FN .. ": option 'host' must not contain NUL bytes", 2) end
+-- Opens a client from normalized options; on_push (for subscribers) gets
+-- each published message's array, or false when the connection was lost.
+local function open(o, fname, on_push)
+  if o.host:find("%z") then error(fname .. ": option 'host' must not contain NUL bytes", 3) end
   local conn, err = core.new(o.host, o.port, o.password, o.username, o.db, o.connect_timeout_ms,
-    o.backoff_base_ms, o.backoff_max_ms, o.max_pending, new_drain())
+    o.backoff_base_ms, o.backoff_max_ms, o.max_pending, new_drain(on_push))
   if not conn then return nil, err end
   local c = setmetatable({ conn = conn, handle = ffi_cast(HANDLE, core.handle(conn)), timeout_ms = o.timeout_ms,
                            opts = o, name = o.name, scripts = {} }, Client)
@@ -162,8 +168,27 @@ function redis.connect(arg, extra)
     c.conn, c.handle = nil, nil
     return nil, perr or ("conn: unexpected reply to PING: " .. tostring(pong))
   end
+  if on_push then core.push_mode(conn, true) end
+  return c
+end
+
+-- connect(url | opts [, opts]) -> client | nil, "conn: detail"
+-- Waits for the first connection (and AUTH/SELECT) so a wrong address or
+-- password is reported here; later losses are handled by reconnecting.
+function redis.connect(arg, extra)
+  local o = normalize(arg, extra)
+  sched.need_task(FN, 2)
+  local c, err = open(o, FN)
+  if not c then return nil, err end
   if o.name then metrics.register("redis", o.name, c) end
   return c
+end
+
+-- For keel.redis.subscriber: a client of its own in push mode.
+function redis.open_subscriber(fname, arg, extra, on_push)
+  local o = normalize(arg, extra, fname)
+  sched.need_task(fname, 3)
+  return open(o, fname, on_push)
 end
 
 local function bad_self(fname, self)
@@ -399,6 +424,11 @@ end
 
 local lazy = { leases = true, queue = true, dedup = true, ratelimit = true, registry = true,
                counter = true, breaker = true }
+
+-- subscriber(url | opts [, opts]) -> subscriber | nil, "conn: ..." (see keel/redis/subscriber.lua)
+function redis.subscriber(arg, extra)
+  return require("keel.redis.subscriber").new(arg, extra)
+end
 return setmetatable(redis, {
   __index = function(t, k)
     if lazy[k] then

@@ -8,6 +8,11 @@
 -- expiring, so tokens for a key only ever grow. Renew and release only
 -- succeed with the current token; valid(key, token) is the storage side's
 -- fencing check.
+-- Waiting: a release publishes the key on "{prefix}:released"; each leases
+-- object that has waited subscribes to it (a connection of its own), and a
+-- message wakes this process's longest waiter for that key at once. Polling
+-- (poll_ms, and the holder's expiry) stays as the fallback for messages lost
+-- with a connection and for holders that die without releasing.
 local check = require "keel.check"
 local metrics = require "keel.metrics"
 local sched = require "keel.sched"
@@ -35,9 +40,11 @@ end
 return 0
 ]]
 
+-- ARGV: token, channel, key
 local RELEASE = redis.script [[
 if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
 end
 return 0
@@ -54,7 +61,8 @@ Leases.__index = Leases
 local Lease = {}
 Lease.__index = Lease
 
-local OPTS = check.set { "redis", "ttl_ms", "prefix", "name", "poll_ms", "max" }
+local OPTS = check.set { "redis", "ttl_ms", "prefix", "name", "poll_ms", "max", "notify" }
+local RESUBSCRIBE_AFTER_MS = 5000 -- after a failed attempt to subscribe
 local ACQ_OPTS = check.set { "ttl_ms", "wait_ms" }
 
 local function ttl_arg(fname, what, v, default)
@@ -77,9 +85,13 @@ function M.new(opts)
     poll_ms = check.number(F, "option 'poll_ms'", opts.poll_ms, 50, 1, 60000),
     name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
     prefix = common.prefix(F, opts, "leases"),
-    st = { grants = 0, renewals = 0, releases = 0, refused_held = 0, lost = 0, errors = 0, waits = 0 },
+    notify = check.boolean(F, "option 'notify'", opts.notify, true),
+    st = { grants = 0, renewals = 0, releases = 0, refused_held = 0, lost = 0, errors = 0, waits = 0,
+           notified = 0 },
     waiting = {}, -- key -> wait queue of this process's tasks waiting for it
+    sub = nil, sub_state = "none", sub_retry_at = -huge,
   }, Leases)
+  self.channel = "{" .. self.prefix .. "}:released"
   metrics.register("redis_leases", self.name, self)
   return self
 end
@@ -102,6 +114,34 @@ end
 
 local function fmt_token(t) return string.format("%d", t) end
 
+local function wake_waiter(self, key)
+  local q = self.waiting[key]
+  if q and q:wake_one() then self.st.notified = self.st.notified + 1 end
+end
+
+-- Subscribes this object to its release channel, once. Returns true when it
+-- has just done so: a release published before the subscription took
+-- effect was missed, so the caller tries again at once.
+local function subscribe(self)
+  if not self.notify or self.sub_state == "ready" or self.sub_state == "connecting" then return false end
+  if sched.now() < self.sub_retry_at then return false end
+  self.sub_state = "connecting"
+  local o = {}
+  for k, v in pairs(self.redis.opts) do o[k] = v end
+  o.name = nil
+  local sub = redis.subscriber(o)
+  local ok = sub and sub:subscribe(self.channel)
+  if not ok then
+    if sub then sub:close() end
+    self.sub_state = "none"
+    self.sub_retry_at = sched.now() + RESUBSCRIBE_AFTER_MS
+    return false
+  end
+  sub:handler(function(m) wake_waiter(self, m.payload) end)
+  self.sub, self.sub_state = sub, "ready"
+  return true
+end
+
 local function grant(self, key, owner, token, ttl)
   self.st.grants = self.st.grants + 1
   return setmetatable({ key = key, owner = owner, token = token,
@@ -109,9 +149,9 @@ local function grant(self, key, owner, token, ttl)
 end
 
 -- acquire(key, owner [, {ttl_ms, wait_ms}]) -> lease | nil, "held" | "timeout" | "conn: ..."
--- Waiting polls: it sleeps until the holder's expiry or poll_ms, whichever
--- comes first, so a release by another process is noticed within poll_ms;
--- a release through this object wakes the longest waiter here at once.
+-- A waiter is woken by a release in any process (through the release
+-- channel, or directly for a release through this object), and otherwise
+-- tries again at the holder's expiry or after poll_ms, whichever comes first.
 function Leases:acquire(key, owner, opts)
   local F = "leases:acquire"
   common.self(F, self, Leases)
@@ -136,15 +176,17 @@ function Leases:acquire(key, owner, opts)
     if left <= 0 then return nil, "timeout" end
     local pttl = r[2]
     if pttl < 1 then pttl = 1 end
-    self.st.waits = self.st.waits + 1
-    local q = self.waiting[key]
-    if not q then
-      q = sched.waitqueue()
-      self.waiting[key] = q
+    if not subscribe(self) then
+      self.st.waits = self.st.waits + 1
+      local q = self.waiting[key]
+      if not q then
+        q = sched.waitqueue()
+        self.waiting[key] = q
+      end
+      local ok, e = pcall(q.wait, q, min(left, pttl, self.poll_ms), F)
+      if q:count() == 0 and self.waiting[key] == q then self.waiting[key] = nil end
+      if not ok then error(e, 0) end -- cancelled
     end
-    local ok, e = pcall(q.wait, q, min(left, pttl, self.poll_ms), F)
-    if q:count() == 0 and self.waiting[key] == q then self.waiting[key] = nil end
-    if not ok then error(e, 0) end -- cancelled
   end
 end
 
@@ -168,10 +210,13 @@ function Leases:release(key, token)
   common.self(F, self, Leases)
   key = keyarg(F, "argument 'key'", key)
   token = token_arg(F, token)
-  local r, err = self.redis:eval(RELEASE, 1, common.tag(self.prefix, key) .. ":l", fmt_token(token))
+  local r, err = self.redis:eval(RELEASE, 1, common.tag(self.prefix, key) .. ":l", fmt_token(token),
+    self.channel, key)
   if not r then self.st.errors = self.st.errors + 1; return nil, err end
   if r == 0 then self.st.lost = self.st.lost + 1; return nil, "lost" end
   self.st.releases = self.st.releases + 1
+  -- ours are woken now; with a subscription the published message would
+  -- wake one more a round trip later, which then finds the lease held again
   local q = self.waiting[key]
   if q then q:wake_one() end
   return true
@@ -205,6 +250,13 @@ function Leases:stats()
   local s = {}
   for k, v in pairs(self.st) do s[k] = v end
   return s
+end
+
+-- Closes the release-channel subscription, if any (the shared client stays open).
+function Leases:close()
+  common.self("leases:close", self, Leases)
+  if self.sub then self.sub:close() end
+  self.sub, self.sub_state = nil, "none"
 end
 
 function Leases:__tostring()
