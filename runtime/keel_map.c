@@ -43,6 +43,8 @@ struct keel_map {
     double bytes, evictions, expirations;
     keel_map_hook hook;
     void *hook_ud;
+    keel_map_keep_fn keep;
+    void *keep_ud;
 };
 
 /* ---- slots ---- */
@@ -246,6 +248,11 @@ void keel_map_on_remove(keel_map_t *m, keel_map_hook fn, void *ud) {
     m->hook_ud = ud;
 }
 
+void keel_map_on_evict(keel_map_t *m, keel_map_keep_fn fn, void *ud) {
+    m->keep = fn;
+    m->keep_ud = ud;
+}
+
 /* Finds a live entry; a dead one found on the way is reclaimed. */
 static uint32_t find_live(keel_map_t *m, const char *key, size_t len) {
     if (len > KEEL_MAP_MAX_KEY) return NIL;
@@ -318,11 +325,19 @@ void *keel_map_put(keel_map_t *m, const char *key, size_t len, int *inserted) {
     if (m->heap_len) keel_map_expire(m, EXPIRE_PER_PUT);
     if (m->count >= m->max) {
         if (!(m->flags & KEEL_MAP_EVICT)) return NULL;
-        /* second chance: each pass clears marks, so this ends within count steps */
+        /* second chance: each pass clears marks, and sparing is bounded, so
+         * this ends within count + KEEL_MAP_SPARE_MAX steps */
+        uint32_t spared = 0;
         for (;;) {
             hdr_t *t = hdr(m, m->tail);
-            if (!(t->hash & REF)) break;
-            t->hash &= HASH_BITS;
+            if (t->hash & REF) {
+                t->hash &= HASH_BITS;
+            } else if (m->keep && spared < KEEL_MAP_SPARE_MAX && m->count > 1 &&
+                       m->keep(m->keep_ud, m, m->tail)) {
+                spared++;
+            } else {
+                break;
+            }
             lru_touch(m, m->tail, t);
         }
         remove_slot(m, m->tail, KEEL_MAP_EVICTED);

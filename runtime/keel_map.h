@@ -51,6 +51,15 @@ keel_map_t *keel_map_new(uint32_t max_entries, uint32_t value_size, uint32_t fla
 void keel_map_free(keel_map_t *m);
 void keel_map_on_remove(keel_map_t *m, keel_map_hook fn, void *ud);
 
+/* Optional, for KEEL_MAP_EVICT: asked about each eviction candidate; a
+ * non-zero answer ("its state is still worth keeping") spares it like a
+ * second chance. At most KEEL_MAP_SPARE_MAX candidates are spared per
+ * eviction, so a map of entries all worth keeping still evicts, in LRU
+ * order. It may read the entry but must not modify the map. */
+#define KEEL_MAP_SPARE_MAX 16
+typedef int (*keel_map_keep_fn)(void *ud, const keel_map_t *m, uint32_t slot);
+void keel_map_on_evict(keel_map_t *m, keel_map_keep_fn fn, void *ud);
+
 /* Live entry's value, marked as used (see LRU above); NULL when absent or expired. */
 void *keel_map_get(keel_map_t *m, const char *key, size_t len);
 /* Same without touching LRU order. */

@@ -26,6 +26,15 @@ static void on_remove(void *ud, keel_map_t *m, uint32_t slot, int reason) {
     if (tat && *tat > rl->clock->now_ms + EPS_MS) rl->evicted_active++;
 }
 
+/* A key whose bucket is not full yet (TAT ahead of now) carries state an
+ * absent key would not: evicting it grants a fresh burst. Evictions spare
+ * such keys while a full-bucket key, lossless to drop, can go instead. */
+static int keep_key(void *ud, const keel_map_t *m, uint32_t slot) {
+    const keel_ratelimit_t *rl = ud;
+    const double *tat = keel_map_value(m, slot);
+    return tat && *tat > rl->clock->now_ms + EPS_MS;
+}
+
 static int finite_pos(double x) { return x == x && x > 0 && x != INFINITY; }
 
 keel_ratelimit_t *keel_ratelimit_new(const keel_clock_t *clock, double rate, double per_ms,
@@ -44,6 +53,7 @@ keel_ratelimit_t *keel_ratelimit_new(const keel_clock_t *clock, double rate, dou
         rl->map = keel_map_new(max_keys, sizeof(double), KEEL_MAP_EVICT, clock, seed);
         if (!rl->map) { free(rl); return NULL; }
         keel_map_on_remove(rl->map, on_remove, rl);
+        keel_map_on_evict(rl->map, keep_key, rl);
         rl->max_keys = max_keys;
     }
     return rl;

@@ -123,6 +123,23 @@ describe("keel.ratelimit", function()
     end)
   end)
 
+  it("evictions spare keys that are still limited while a full-bucket key can go", function()
+    sim(function()
+      local rl = keel.ratelimit { keyed = true, rate = 1, per_ms = 1000, burst = 2, max_keys = 2 }
+      assert.is_true(rl:take("hot", 2)) -- its bucket is full again at 2000
+      assert.is_true(rl:take("idle")) -- full again at 1000, and the more recently used
+      keel.sleep(1000)
+      assert.is_true(rl:take("new")) -- LRU alone would drop "hot" and its debt
+      local s = rl:stats()
+      assert.same({ 1, 0 }, { s.evicted, s.evicted_active })
+      assert.equal(1, rl:available("hot")) -- 2 had it been dropped
+      -- when every key is limited one still has to go
+      assert.is_true(rl:take("newer"))
+      s = rl:stats()
+      assert.same({ 2, 1 }, { s.evicted, s.evicted_active })
+    end)
+  end)
+
   it("is deterministic under virtual time", function()
     local function run()
       return keel.sim({ seed = 9 }, function()
