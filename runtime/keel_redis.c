@@ -656,9 +656,10 @@ static void connect_to(keel_redis_t *r, const char *ip) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    int rc;
-    do rc = connect(fd, (struct sockaddr *)&ss, sl); while (rc < 0 && errno == EINTR);
-    if (rc < 0 && errno != EINPROGRESS) {
+    /* interrupted, a non-blocking connect goes on in the background, like
+     * EINPROGRESS: calling connect again would only say EALREADY */
+    int rc = connect(fd, (struct sockaddr *)&ss, sl);
+    if (rc < 0 && errno != EINPROGRESS && errno != EINTR) {
         int err = errno;
         close(fd);
         connect_failed(r, "connect failed: ", strerror(err));
