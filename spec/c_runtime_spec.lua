@@ -21,6 +21,12 @@ describe("runtime C tests", function()
     assert.matches("^ok 9 commands, each ended once", out)
   end)
 
+  it("keel_redis: a hanging resolver is cut off by the connect deadline; close waits for it", function()
+    local ok, out = ctest.run("test_redis_dns", "", "-I/usr/include/hiredis -luv -lhiredis")
+    assert.is_true(ok, out)
+    assert.matches("^ok 5 commands ended by the connect deadline", out)
+  end)
+
   it("breaker, rate limiter, bulkhead and backoff cores pass their C test", function()
     local ok, out = ctest.run("resilience_test")
     assert.is_true(ok, out)
