@@ -102,11 +102,11 @@ return out
 ]=])
 
 -- KEYS: target stream, delayed set, level streams..., dedup hash (last);
--- ARGV: capacity, item, key -> id | 0 (full) | 1 (duplicate)
+-- ARGV: capacity, item, key -> id | 0 (full) | -1 (duplicate)
 local PUSH_KEYED = redis.script([=[
 local dedup = table.remove(KEYS)
 ]=] .. OUTSTANDING .. [=[
-if redis.call('HEXISTS', dedup, ARGV[3]) == 1 then return 1 end
+if redis.call('HEXISTS', dedup, ARGV[3]) == 1 then return -1 end
 local cap = tonumber(ARGV[1])
 local n, acked = outstanding(cap, 1)
 if n >= cap then return 0 end
@@ -519,6 +519,23 @@ local function send_pushes(self, li, b)
   b.q:wake_all()
 end
 
+-- A single-push script's answer (0 full, -1 duplicate, else the id) as
+-- push returns it, counted.
+local function push_result(self, id, err)
+  if err then
+    self.st.errors = self.st.errors + 1
+    return nil, err
+  elseif id == 0 then
+    self.st.full = self.st.full + 1
+    return nil, "full"
+  elseif id == -1 then
+    self.st.duplicates = self.st.duplicates + 1
+    return nil, "duplicate"
+  end
+  self.st.pushed = self.st.pushed + 1
+  return id
+end
+
 local function level_arg(F, self, priority)
   if priority == nil or priority == 0 then return self.zero_ix end
   local li = type(priority) == "number" and self.level_ix[priority]
@@ -554,19 +571,8 @@ function Queue:push(item, opts)
     local nkeys = #args + 5
     args = join(args, self.delayed_items, self.seq, self.delayed_keys, self.delayed_prio, self.dedup,
       self.capacity, floor(delay + 0.5), item, key or "", self.level_args[li])
-    local id, err = self.redis:eval(PUSH_DELAYED, nkeys, unpack(args))
-    if err then
-      self.st.errors = self.st.errors + 1
-      return nil, err
-    end
-    if id == 0 then
-      self.st.full = self.st.full + 1
-      return nil, "full"
-    elseif id == -1 then
-      self.st.duplicates = self.st.duplicates + 1
-      return nil, "duplicate"
-    end
-    self.st.pushed = self.st.pushed + 1
+    local id, err = push_result(self, self.redis:eval(PUSH_DELAYED, nkeys, unpack(args)))
+    if not id then return nil, err end
     self.st.delayed = self.st.delayed + 1
     -- ready within PROMOTE_MS of its due time, or sooner for this process
     local due = sched.now() + delay
@@ -577,20 +583,7 @@ function Queue:push(item, opts)
     local args = join({ self.streams[li] }, unpack(self.push_tail))
     local nkeys = #args + 1
     args = join(args, self.dedup, self.capacity, item, key)
-    local id, err = self.redis:eval(PUSH_KEYED, nkeys, unpack(args))
-    if err then
-      self.st.errors = self.st.errors + 1
-      return nil, err
-    end
-    if id == 0 then
-      self.st.full = self.st.full + 1
-      return nil, "full"
-    elseif id == 1 then
-      self.st.duplicates = self.st.duplicates + 1
-      return nil, "duplicate"
-    end
-    self.st.pushed = self.st.pushed + 1
-    return id
+    return push_result(self, self.redis:eval(PUSH_KEYED, nkeys, unpack(args)))
   end
   local b = self.pbatch[li]
   if not b then
