@@ -2,6 +2,7 @@
 #include "keel_timers.h"
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -28,10 +29,19 @@ enum { SLOT_FREE = 0, SLOT_ACTIVE = 1, SLOT_ABANDONED = 2 };
 #define READ_CHUNK 65536
 #define OUT_KEEP   (256 * 1024) /* an emptied output buffer bigger than this is given back */
 
+/* Deadlines: most requests carry the connection's usual timeout, so their
+ * deadlines rise in send order, the order of the FIFO. Such a request keeps
+ * its deadline in its slot (timer = TIMER_FIFO) and the FIFO is its queue:
+ * the earliest is the first one still waiting, found by a cursor that only
+ * moves forward. A request whose deadline is earlier than one already in
+ * the FIFO (a shorter call_timeout) goes to the timer heap instead. */
+#define TIMER_FIFO (-2)
+
 typedef struct {
     uint64_t req_id;
     double sent_ms;
-    int32_t timer;     /* keel_timers id, -1 when no deadline */
+    double deadline;   /* TIMER_FIFO requests */
+    int32_t timer;     /* keel_timers id, TIMER_FIFO, or -1 when no deadline */
     int32_t next_free;
     uint8_t state;
 } slot_t;
@@ -54,6 +64,9 @@ struct keel_redis {
     size_t out_pos, out_len, out_cap;
     uint32_t *fifo;         /* requests in send order, awaiting replies */
     uint32_t fhead, flen, fcap;
+    uint32_t fcur;          /* FIFO entries before this one hold no TIMER_FIFO deadline still to watch */
+    double fifo_last_deadline; /* of the newest TIMER_FIFO request */
+    double armed_at;        /* when deadline_timer fires (INFINITY: not armed) */
 
     int state;
     int handshake_failed;   /* AUTH/SELECT failed: last_err says why */
@@ -246,7 +259,23 @@ static uint32_t fifo_pop(keel_redis_t *r) {
     uint32_t e = r->fifo[r->fhead];
     r->fhead = (r->fhead + 1) & (r->fcap - 1);
     r->flen--;
+    if (r->fcur > 0) r->fcur--;
+    if (r->flen == 0) r->fifo_last_deadline = -INFINITY;
     return e;
+}
+
+/* The first FIFO request still waiting on a TIMER_FIFO deadline, or NULL;
+ * moves the cursor past everything before it. */
+static slot_t *fifo_deadline_head(keel_redis_t *r) {
+    while (r->fcur < r->flen) {
+        uint32_t e = r->fifo[(r->fhead + r->fcur) & (r->fcap - 1)];
+        if (e != FIFO_AUTH && e != FIFO_SELECT) {
+            slot_t *s = &r->slots[e];
+            if (s->state == SLOT_ACTIVE && s->timer == TIMER_FIFO) return s;
+        }
+        r->fcur++;
+    }
+    return NULL;
 }
 
 /* Ends every request of a connection that is gone. Commands issued from
@@ -768,6 +797,8 @@ static void start_connect(keel_redis_t *r) {
 
 static double next_deadline(keel_redis_t *r) {
     double d = keel_timers_next(r->timers);
+    slot_t *f = fifo_deadline_head(r);
+    if (f && (d < 0 || f->deadline < d)) d = f->deadline;
     if ((r->fd >= 0 || r->resolving) && r->state == KEEL_REDIS_S_CONNECTING && (d < 0 || r->connect_deadline < d))
         d = r->connect_deadline;
     return d;
@@ -778,7 +809,12 @@ static void deadline_cb(uv_timer_t *t);
 static void arm_deadline_timer(keel_redis_t *r) {
     if (r->closing) return;
     double d = next_deadline(r);
-    if (d < 0) { uv_timer_stop(&r->deadline_timer); return; }
+    if (d < 0) {
+        uv_timer_stop(&r->deadline_timer);
+        r->armed_at = INFINITY;
+        return;
+    }
+    r->armed_at = d;
     double wait = d - io_now(r);
     if (wait < 1) wait = 1;
     /* a far (or infinite: call_timeout(math.huge)) deadline must not reach
@@ -812,6 +848,7 @@ static void deadline_cb(uv_timer_t *t) {
         snprintf(msg, sizeof msg, "connect timeout: no connection after %.0f ms", r->o.connect_timeout_ms);
         lose_connection(r, "", msg);
     }
+    r->armed_at = INFINITY;
     int stale = 0;
     int32_t id;
     while ((id = keel_timers_pop_expired(r->timers, now)) >= 0) {
@@ -824,6 +861,13 @@ static void deadline_cb(uv_timer_t *t) {
         if (r->last_reply_ms < s->sent_ms) stale++;
         r->st.timeouts++;
         slot_fail(r, i, KEEL_REDIS_ETIMEOUT, "no reply before the deadline");
+        if (r->closing) { flush_deliveries(r); return; }
+    }
+    slot_t *f;
+    while ((f = fifo_deadline_head(r)) && f->deadline <= now) {
+        if (r->last_reply_ms < f->sent_ms) stale++;
+        r->st.timeouts++;
+        slot_fail(r, (uint32_t)(f - r->slots), KEEL_REDIS_ETIMEOUT, "no reply before the deadline");
         if (r->closing) { flush_deliveries(r); return; }
     }
     /* one slow command is not a dead server; several silent deadlines are */
@@ -847,6 +891,8 @@ keel_redis_t *keel_redis_new(uv_loop_t *loop, keel_clock_t *clock, keel_rand_t *
     r->rand = rand;
     r->o = *opts;
     r->fd = -1;
+    r->fifo_last_deadline = -INFINITY;
+    r->armed_at = INFINITY;
     if (r->o.port <= 0) r->o.port = 6379;
     if (r->o.connect_timeout_ms <= 0) r->o.connect_timeout_ms = 2000;
     if (r->o.backoff_base_ms <= 0) r->o.backoff_base_ms = 50;
@@ -900,8 +946,15 @@ int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **
     s->sent_ms = io_now(r);
     if (r->connected && !(r->poll_events & UV_WRITABLE) && !uv_is_active((uv_handle_t *)&r->flush_prep))
         uv_prepare_start(&r->flush_prep, flush_cb);
-    if (timeout_ms > 0) {
-        int32_t tid = keel_timers_add(r->timers, s->sent_ms + timeout_ms);
+    s->timer = -1;
+    double deadline = s->sent_ms + timeout_ms;
+    if (timeout_ms > 0 && deadline >= r->fifo_last_deadline) {
+        s->timer = TIMER_FIFO;
+        s->deadline = deadline;
+        r->fifo_last_deadline = deadline;
+        if (deadline < r->armed_at) arm_deadline_timer(r);
+    } else if (timeout_ms > 0) {
+        int32_t tid = keel_timers_add(r->timers, deadline);
         if (tid >= 0) {
             if ((uint32_t)tid >= r->timer_slot_cap) {
                 uint32_t ncap = r->timer_slot_cap ? r->timer_slot_cap * 2 : 256;
@@ -913,7 +966,7 @@ int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **
             if (tid >= 0) {
                 r->timer_slot[tid] = (uint32_t)i;
                 s->timer = tid;
-                if (keel_timers_next(r->timers) == s->sent_ms + timeout_ms) arm_deadline_timer(r);
+                if (deadline < r->armed_at) arm_deadline_timer(r);
             }
         }
     }

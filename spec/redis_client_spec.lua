@@ -198,6 +198,31 @@ describe("keel.redis client", function()
     assert.equal("PONG", c:call_timeout(5000, "PING"))
   end)
 
+  it("times out each call at its own deadline, whatever the order of their timeouts", function()
+    local c2 = assert(keel.redis.connect(server.url, { timeout_ms = 300 }))
+    local sleeper = keel.spawn(function() return c:call_timeout(5000, "DEBUG", "SLEEP", "0.8") end)
+    keel.sleep(30) -- the server is asleep now: nothing is answered for ~0.8 s
+    local calls = {
+      function() return c2:call_timeout(2000, "PING") end, -- replies after the sleep
+      function() return c2:call("PING") end,                -- 300 ms: earlier than the one before it
+      function() return c2:call_timeout(100, "PING") end,   -- earlier still
+      function() return c2:call_timeout(3000, "PING") end,  -- later again: replies
+    } -- (a third silent deadline would have the connection dropped as hung)
+    local ts = {}
+    for i, fn in ipairs(calls) do ts[i] = keel.spawn(fn) end
+    local got = {}
+    for i = 1, #ts do
+      local _, v, err = ts[i]:join()
+      got[i] = v or err
+    end
+    assert.same({ "PONG", "timeout: no reply before the deadline", "timeout: no reply before the deadline",
+                  "PONG" }, got)
+    assert.equal("OK", (sleeper:join() and "OK"))
+    assert.equal("PONG", c2:call("PING"))
+    assert.equal(2, c2:stats().timeouts)
+    c2:close()
+  end)
+
   it("rejects bad arguments with an error naming the function", function()
     assert.has_error(function() c:call() end, "keel.redis: client:call: missing command name")
     assert.has_error(function() c:call("SET", "k", {}) end,
