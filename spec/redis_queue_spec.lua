@@ -407,6 +407,28 @@ describe("keel.redis.queue", function()
     q:close()
   end)
 
+  it("peek shows what pops would take next, in order, without taking it", function()
+    local q = Q.new { redis = c, prefix = "q26", priorities = { 3 } }
+    assert.same({}, q:peek())
+    assert(q:push("n1"))
+    assert(q:push("u1", { priority = 3, dedup_key = "u" }))
+    assert(q:push("n2"))
+    local p = q:peek(10)
+    assert.equal(3, #p)
+    assert.same({ "u1", 3, "u" }, { p[1].item, p[1].priority, p[1].dedup_key })
+    assert.same({ "n1", 0 }, { p[2].item, p[2].priority })
+    assert.same({ "n2", 0 }, { p[3].item, p[3].priority })
+    assert.equal(1, #q:peek())
+    assert.same({ nil, "unknown" }, { q:ack(p[1]) }) -- not a delivery
+    local m = assert(q:pop())
+    assert.equal(p[1].id, m.id)
+    -- delivered (even if unacknowledged) is no longer ahead of the pops
+    assert.same({ "n1", "n2" }, { q:peek(5)[1].item, q:peek(5)[2].item })
+    assert.is_true(q:ack(m))
+    assert.has_error(function() q:peek(-1) end)
+    q:close()
+  end)
+
   it("rejects bad arguments", function()
     assert.has_error(function() Q.new { redis = c, visibility_ms = 0 } end)
     assert.has_error(function() Q.new { redis = c, bogus = 1 } end)

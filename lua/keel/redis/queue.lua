@@ -371,6 +371,30 @@ end
 return { moved, #r, r[#r] and r[#r][1] or '' }
 ]]
 
+-- KEYS: the level streams, highest first; ARGV: group, n -> { {id, item,
+-- key | false, level index}... }: up to n entries not yet delivered to the
+-- group, in the order pops take them.
+local PEEK = redis.script [=[
+local out, n = {}, tonumber(ARGV[2])
+for li = 1, #KEYS do
+  if #out >= n then break end
+  local last = '0-0'
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[li])) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if f.name == ARGV[1] then last = f['last-delivered-id'] end
+  end
+  for _, e in ipairs(redis.call('XRANGE', KEYS[li], '(' .. last, '+', 'COUNT', n - #out)) do
+    local item, key = '', false
+    for i = 1, #e[2], 2 do
+      if e[2][i] == 'd' then item = e[2][i + 1] elseif e[2][i] == 'k' then key = e[2][i + 1] end
+    end
+    out[#out + 1] = {e[1], item, key, li}
+  end
+end
+return out
+]=]
+
 local Queue = {}
 Queue.__index = Queue
 
@@ -1020,6 +1044,28 @@ function Queue:redrive(n)
   end
   self.st.redriven = self.st.redriven + moved
   return moved
+end
+
+-- peek([n = 1]) -> up to n messages not yet delivered, in pop order,
+-- unchanged: { id, item, attempt = 0, priority, dedup_key } (not deliveries: they cannot
+-- be acked). Messages waiting for redelivery (nacked, or idle past
+-- visibility) and delayed ones are not shown.
+function Queue:peek(n)
+  local F = "keel.redis.queue:peek"
+  self_check(F, self)
+  n = check.integer(F, "argument 'n'", n, 1, 0, 1e6)
+  if n == 0 then return {} end
+  local ok, err = ensure_group(self)
+  if not ok then return nil, err end
+  local args = join(self.streams, self.group, n)
+  local r
+  r, err = self.redis:eval(PEEK, #self.streams, unpack(args))
+  if not r then return nil, err end
+  local out = {}
+  for i, e in ipairs(r) do
+    out[i] = { id = e[1], item = e[2], attempt = 0, dedup_key = e[3] or nil, priority = self.levels[e[4]] }
+  end
+  return out
 end
 
 -- dead([n]) -> list of { id, item, attempts, error, source_id, dedup_key,
