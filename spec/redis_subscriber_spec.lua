@@ -116,6 +116,24 @@ describe("keel.redis.subscriber", function()
     assert.has_error(function() keel.redis.subscriber(server.url, { bogus = 1 }) end)
   end)
 
+  it("a subscriber dropped without close is collected, and its connection closed", function()
+    local function clients() return #c:call("CLIENT", "LIST"):gsub("[^\n]", "") end
+    local before = clients()
+    do
+      local sub = assert(keel.redis.subscriber(server.url))
+      sub:subscribe("dropped")
+      assert.equal(before + 1, clients())
+    end
+    for _ = 1, 100 do
+      collectgarbage()
+      collectgarbage()
+      if c:call("PUBSUB", "NUMSUB", "dropped")[2] == 0 then break end
+      keel.sleep(10)
+    end
+    assert.equal(0, c:call("PUBSUB", "NUMSUB", "dropped")[2])
+    assert.equal(before, clients())
+  end)
+
   it("only a subscriber's connection takes message-shaped replies for messages", function()
     c:call("DEL", "shaped")
     c:call("RPUSH", "shaped", "message", "chan", "payload")

@@ -111,7 +111,14 @@ function M.new(arg, extra)
     waiters = sched.waitqueue(), on_message = false, closed = false, resub = false,
     st = { messages = 0, dropped = 0, lost = 0, resubscribes = 0 },
   }, Subscriber)
-  local c, err = redis.open_subscriber(FN, arg, extra, function(msg) on_push(self, msg) end)
+  -- The connection's drain is a GC root (the C glue holds it), so it must
+  -- not hold the subscriber: a subscriber dropped without close() is then
+  -- collected, and its connection with it.
+  local weak = setmetatable({ self }, { __mode = "v" })
+  local c, err = redis.open_subscriber(FN, arg, extra, function(msg)
+    local sub = weak[1]
+    if sub then on_push(sub, msg) end
+  end)
   if not c then return nil, err end
   self.client = c
   return self
