@@ -9,29 +9,44 @@
  * line) and nothing else, because at a million keys every line touched is a
  * DRAM miss. Open addressing with linear probing over 32-byte slots; the
  * insertion order lives in a separate ring of slot positions that only
- * eviction, expiry and rehash read.
+ * eviction, expiry and growth read.
  *
  * Removal shifts the rest of the probe chain back (no tombstones), so chains
  * stay as short as the live load makes them and no purging rehash is ever
- * needed; each slot knows its ring entry so a shifted slot can update it. */
+ * needed; each slot knows its ring entry so a shifted slot can update it.
+ *
+ * Growth is incremental: the old table stays beside the new one and every
+ * call moves a few of its slots over, so no call pays for rehashing a
+ * million keys (that was a stall of tens of ms). Meanwhile lookups try the
+ * new table, then the old one; the old one only loses keys (moved, forgotten,
+ * evicted), each leaving a MOVED mark so its probe chains stay intact. A
+ * ring entry says which table its position is in by one bit, compared with
+ * d->gen, which flips at each growth: every entry written before it then
+ * points into the old table without being touched. The ring has its final
+ * size from the start, so growing never moves it; when it is large it is
+ * mapped lazily and the pages behind its head are given back. */
 
 #define INLINE_KEY 16
 #define MAX_KEY 65535u
 #define REF 0x80000000u /* hit since it last left the ring head (second chance) */
 #define MIN_SLOTS 16u
-#define MAX_SLOTS 0x80000000u /* ring entries are uint32 positions */
+#define MAX_SLOTS 0x7ffffff0u /* positions fit in 31 bits, below POS_MASK */
+#define TAG 0x80000000u       /* ring entry: the table generation bit */
+#define POS_MASK 0x7fffffffu
 #define DEAD UINT32_MAX       /* ring entry of a forgotten key */
 #define PREFETCH 16
 #define LOAD 0.4
+#define MIGRATE_STEP 32       /* old slots moved per call: done before the new table fills */
+#define RING_CHUNK 16384u     /* ring entries given back at a time (64 KiB of them) */
 
-enum { EMPTY = 0, LIVE = 1 };
+enum { EMPTY = 0, LIVE = 1, MOVED = 2 };
 
 typedef struct {
     uint32_t hash; /* 31-bit hash | REF */
     uint16_t len;
     uint16_t state;
     uint32_t ridx; /* this key's ring entry */
-    uint32_t moved; /* scratch for rehash: the slot's position in the new table */
+    uint32_t pad;
     union { char in[INLINE_KEY]; char *out; } key;
 } slot_t;
 
@@ -40,10 +55,20 @@ _Static_assert(sizeof(slot_t) == 32, "two slots per cache line");
 struct keel_dedup {
     slot_t *tab;
     void *tab_raw;   /* tab is tab_raw rounded up to a cache line */
-    uint32_t n;      /* slots; the ring has as many entries */
+    uint32_t n;      /* slots */
     uint32_t cap;    /* the table never grows past this many slots */
-    uint32_t *ring;  /* slot positions (DEAD for forgotten keys), oldest mark at head */
+    slot_t *old;     /* while growing: the previous table, being emptied */
+    void *old_raw;
+    uint32_t old_n, mig; /* its size, and the next of its slots to move */
+    uint32_t gen;    /* TAG bit of ring entries that point into tab */
+    uint32_t *ring;  /* entries: position | table bit, or DEAD; oldest mark at head */
     double *rexp;    /* with ttl: each ring entry's expiry (marks are in time order) */
+    uint32_t rcap;   /* ring entries (fixed) */
+    int ring_mapped; /* ring and rexp are lazily mapped: pages behind the head go back */
+    size_t pop_done, pop_total; /* bytes of a new big table prefaulted, of all */
+    char *trash;     /* a big old table being unmapped a chunk per call */
+    size_t trash_len;
+    int busy;        /* growth work pending (see chores) */
     uint32_t head, count;
     uint32_t live, dead;
     uint32_t max;
@@ -74,61 +99,27 @@ static inline uint32_t next(uint32_t i, uint32_t n) { return i + 1 == n ? 0 : i 
 
 static const char *key_of(const slot_t *s) { return s->len <= INLINE_KEY ? s->key.in : s->key.out; }
 
-/* Tables of 2 MB and more are mapped and prefaulted in one call: a rehash
- * writes nearly every page of the new table, and taking those faults one 4 KB
- * page at a time was about half the cost of growing. Huge pages
- * (MADV_HUGEPAGE) were tried: hits gained nothing measurable and fills
- * became erratic whenever the kernel had to compact memory for them. A
- * kernel without MADV_POPULATE_WRITE just faults lazily. */
+/* Arrays of 2 MB and more are mapped. A new big table is prefaulted a
+ * chunk per call (MADV_POPULATE_WRITE): taking its faults one 4 KB page at a
+ * time as keys land on them cost a fifth of the fill, and prefaulting it all
+ * at once was a stall of 25 ms at 1M keys. A kernel without
+ * MADV_POPULATE_WRITE just faults lazily. */
 #define BIG_TABLE ((size_t)2 << 20)
+#define POPULATE_CHUNK ((size_t)256 << 10)
+#define UNMAP_CHUNK ((size_t)1 << 20) /* unmapping a 32 MB table at once took 2 ms */
 
-static void *tab_alloc(size_t bytes) {
+static void *big_alloc(size_t bytes) {
     if (bytes < BIG_TABLE) return calloc(bytes + 64, 1);
     void *p = mmap(NULL, bytes + 64, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-#ifdef MADV_POPULATE_WRITE
-    madvise(p, bytes + 64, MADV_POPULATE_WRITE);
-#endif
-    return p;
+    return p == MAP_FAILED ? NULL : p;
 }
 
-static void tab_free(void *raw, uint32_t slots) {
-    size_t bytes = (size_t)slots * sizeof(slot_t);
+static void big_free(void *raw, size_t bytes) {
     if (bytes < BIG_TABLE) free(raw);
     else if (raw) munmap(raw, bytes + 64);
 }
 
-typedef struct {
-    void *raw;
-    slot_t *tab;
-    uint32_t *ring;
-    double *rexp;
-} arrays_t;
-
-static int alloc_arrays(uint32_t slots, int with_exp, arrays_t *a) {
-    a->raw = tab_alloc((size_t)slots * sizeof(slot_t));
-    a->ring = malloc((size_t)slots * sizeof(uint32_t));
-    a->rexp = with_exp ? malloc((size_t)slots * sizeof(double)) : NULL;
-    if (!a->raw || !a->ring || (with_exp && !a->rexp)) {
-        tab_free(a->raw, slots);
-        free(a->ring);
-        free(a->rexp);
-        return -1;
-    }
-    a->tab = (slot_t *)(((uintptr_t)a->raw + 63) & ~(uintptr_t)63);
-    return 0;
-}
-
-static void install(keel_dedup_t *d, const arrays_t *a, uint32_t slots) {
-    tab_free(d->tab_raw, d->n);
-    free(d->ring);
-    free(d->rexp);
-    d->tab_raw = a->raw;
-    d->tab = a->tab;
-    d->ring = a->ring;
-    d->rexp = a->rexp;
-    d->n = slots;
-}
+static slot_t *aligned(void *raw) { return (slot_t *)(((uintptr_t)raw + 63) & ~(uintptr_t)63); }
 
 static void drop_key(keel_dedup_t *d, slot_t *s) {
     if (s->len > INLINE_KEY) {
@@ -137,9 +128,22 @@ static void drop_key(keel_dedup_t *d, slot_t *s) {
     }
 }
 
-/* Empties slot i and shifts back every later slot of the probe chain that
- * may move there (its home is not between i and it), fixing their ring
- * entries (Knuth's algorithm R). */
+/* ---- ring entries ---- */
+
+static inline int entry_old(const keel_dedup_t *d, uint32_t e) { return d->old && (e & TAG) != d->gen; }
+
+static inline slot_t *entry_slot(const keel_dedup_t *d, uint32_t e) {
+    return entry_old(d, e) ? &d->old[e & POS_MASK] : &d->tab[e & POS_MASK];
+}
+
+static inline uint32_t ring_at(const keel_dedup_t *d, uint32_t k) {
+    uint32_t r = d->head + k;
+    return r >= d->rcap ? r - d->rcap : r;
+}
+
+/* Empties slot i of the current table and shifts back every later slot of
+ * the probe chain that may move there (its home is not between i and it),
+ * fixing their ring entries (Knuth's algorithm R). */
 static void remove_at(keel_dedup_t *d, uint32_t i) {
     slot_t *t = d->tab;
     uint32_t n = d->n, j = i;
@@ -150,26 +154,36 @@ static void remove_at(keel_dedup_t *d, uint32_t i) {
         /* distance home..j shorter than i..j: i is not on j's path */
         if ((j >= h ? j - h : j + n - h) < (j >= i ? j - i : j + n - i)) continue;
         t[i] = t[j];
-        d->ring[t[i].ridx] = i;
+        d->ring[t[i].ridx] = i | d->gen;
         i = j;
     }
     t[i].state = EMPTY;
 }
 
-static inline uint32_t ring_at(const keel_dedup_t *d, uint32_t k) {
-    uint32_t r = d->head + k;
-    return r >= d->n ? r - d->n : r;
+/* Ring pages the head has left hold nothing: give them back, so a set that
+ * churns through a large ring does not keep all of it resident. Called as
+ * the head enters a new chunk; the chunk just left is released unless the
+ * live entries wrap round into it. */
+__attribute__((noinline, cold)) static void release_behind(keel_dedup_t *d) {
+    uint32_t start = d->head ? d->head - RING_CHUNK : (d->rcap - 1) / RING_CHUNK * RING_CHUNK;
+    uint32_t len = d->head ? RING_CHUNK : d->rcap - start;
+    uint32_t ahead = start >= d->head ? start - d->head : start + d->rcap - d->head;
+    if (d->count > ahead) return;
+    madvise(&d->ring[start], (size_t)len * sizeof *d->ring, MADV_DONTNEED);
+    if (d->rexp) madvise(&d->rexp[start], (size_t)len * sizeof *d->rexp, MADV_DONTNEED);
 }
 
-static uint32_t ring_pop(keel_dedup_t *d) {
+static inline __attribute__((always_inline)) uint32_t ring_pop(keel_dedup_t *d) {
     uint32_t idx = d->head;
-    d->head = next(d->head, d->n);
+    d->head = next(d->head, d->rcap);
     d->count--;
+    if (__builtin_expect(d->head % RING_CHUNK == 0, 0) && d->ring_mapped) release_behind(d);
     /* the slots of a victim a few evictions ahead, and the line after
      * them, which the shift back reads */
     if (d->count > PREFETCH) {
-        uint32_t p = d->ring[ring_at(d, PREFETCH)];
-        if (p != DEAD) {
+        uint32_t e = d->ring[ring_at(d, PREFETCH)];
+        if (e != DEAD && !entry_old(d, e)) {
+            uint32_t p = e & POS_MASK;
             __builtin_prefetch(&d->tab[p]);
             __builtin_prefetch(&d->tab[p + 2 < d->n ? p + 2 : 0]);
         }
@@ -178,36 +192,38 @@ static uint32_t ring_pop(keel_dedup_t *d) {
 }
 
 /* Drops forgotten keys' entries, in place and in order (the write index
- * never passes the read index): needed when they fill the ring (count never
- * exceeds the slots otherwise, live < slots). */
+ * never passes the read index): needed when they fill the ring. */
 static void compact_ring(keel_dedup_t *d) {
     uint32_t cnt = 0, w = d->head;
     for (uint32_t k = 0; k < d->count; k++) {
         uint32_t idx = ring_at(d, k);
-        uint32_t p = d->ring[idx];
-        if (p == DEAD) continue;
-        d->ring[w] = p;
+        uint32_t e = d->ring[idx];
+        if (e == DEAD) continue;
+        d->ring[w] = e;
         if (d->rexp) d->rexp[w] = d->rexp[idx];
-        d->tab[p].ridx = w;
-        w = next(w, d->n);
+        entry_slot(d, e)->ridx = w;
+        w = next(w, d->rcap);
         cnt++;
     }
     d->count = cnt;
     d->dead = 0;
 }
 
-static uint32_t ring_push(keel_dedup_t *d, uint32_t pos) {
-    if (d->count == d->n) compact_ring(d);
+static inline __attribute__((always_inline)) uint32_t ring_push(keel_dedup_t *d, uint32_t e) {
+    if (d->count == d->rcap) compact_ring(d);
     uint32_t idx = ring_at(d, d->count);
-    d->ring[idx] = pos;
+    d->ring[idx] = e;
     d->count++;
     return idx;
 }
 
-static void drop_live(keel_dedup_t *d, uint32_t pos) {
-    drop_key(d, &d->tab[pos]);
+/* Removes the live key of ring entry e from whichever table holds it. */
+static void drop_live(keel_dedup_t *d, uint32_t e) {
+    slot_t *s = entry_slot(d, e);
+    drop_key(d, s);
     d->live--;
-    remove_at(d, pos);
+    if (entry_old(d, e)) s->state = MOVED;
+    else remove_at(d, e & POS_MASK);
 }
 
 /* Every key expires at mark + ttl and marks enter the ring in time order, so
@@ -216,108 +232,183 @@ static void expire(keel_dedup_t *d) {
     double now = d->clock->now_ms;
     while (d->count) {
         uint32_t idx = d->head;
-        uint32_t pos = d->ring[idx];
-        if (pos == DEAD) {
+        uint32_t e = d->ring[idx];
+        if (e == DEAD) {
             ring_pop(d);
             d->dead--;
             continue;
         }
         if (!(now >= d->rexp[idx])) break;
         ring_pop(d);
-        drop_live(d, pos);
+        drop_live(d, e);
         d->expirations++;
     }
 }
 
-/* Rebuilds table and ring at a new size. Pass 1 walks the old table in
- * order, so both tables are read and written nearly sequentially, and notes
- * each key's new position in its old slot; pass 2 walks the old ring
- * (prefetching ahead) to write the new ring in the same order, dropping
- * forgotten keys' entries. */
-static int grow(keel_dedup_t *d, uint32_t nn) {
-    arrays_t a;
-    if (alloc_arrays(nn, d->ttl_ms > 0, &a) != 0) return -1;
-    slot_t *old = d->tab, *nt = a.tab;
-    for (uint32_t i = 0; i < d->n; i++) {
+/* ---- growth ---- */
+
+static uint32_t free_slot(const keel_dedup_t *d, uint32_t h) {
+    uint32_t n = d->n, i = home(h, n);
+    while (d->tab[i].state != EMPTY) i = next(i, n);
+    return i;
+}
+
+static void unmap_step(keel_dedup_t *d, size_t most) {
+    size_t len = d->trash_len < most ? d->trash_len : most;
+    munmap(d->trash, len);
+    d->trash += len;
+    d->trash_len -= len;
+}
+
+static void end_growth(keel_dedup_t *d) {
+    size_t bytes = (size_t)d->old_n * sizeof(slot_t);
+    if (bytes < BIG_TABLE) {
+        free(d->old_raw);
+    } else {
+        if (d->trash_len) unmap_step(d, SIZE_MAX);
+        d->trash = d->old_raw;
+        d->trash_len = bytes + 64;
+        d->busy = 1;
+    }
+    d->old = NULL;
+    d->old_raw = NULL;
+    d->old_n = d->mig = 0;
+}
+
+/* Moves up to steps slots of the old table into the current one. */
+static void migrate(keel_dedup_t *d, uint32_t steps) {
+    slot_t *old = d->old;
+    uint32_t end = d->old_n - d->mig > steps ? d->mig + steps : d->old_n;
+    for (uint32_t i = d->mig; i < end; i++) {
         slot_t *s = &old[i];
         if (s->state != LIVE) continue;
-        uint32_t j = home(s->hash, nn);
-        while (nt[j].state != EMPTY) j = next(j, nn);
-        nt[j] = *s;
-        s->moved = j;
+        uint32_t j = free_slot(d, s->hash);
+        d->tab[j] = *s;
+        d->ring[s->ridx] = j | d->gen;
+        s->state = MOVED;
     }
-    uint32_t cnt = 0;
-    for (uint32_t k = 0; k < d->count; k++) {
-        if (k + PREFETCH < d->count) {
-            uint32_t p = d->ring[ring_at(d, k + PREFETCH)];
-            if (p != DEAD) __builtin_prefetch(&old[p]);
-        }
-        uint32_t idx = ring_at(d, k);
-        uint32_t p = d->ring[idx];
-        if (p == DEAD) continue;
-        uint32_t np = old[p].moved;
-        a.ring[cnt] = np;
-        if (a.rexp) a.rexp[cnt] = d->rexp[idx];
-        nt[np].ridx = cnt;
-        cnt++;
-    }
-    install(d, &a, nn);
-    d->head = 0;
-    d->count = cnt;
-    d->dead = 0;
-    return 0;
+    d->mig = end;
+    if (end == d->old_n) end_growth(d);
 }
+
+/* Starts growing to nn slots: the current table becomes the old one. Out of
+ * memory: carry on in the table we have while it has room. */
+static void grow(keel_dedup_t *d, uint32_t nn) {
+    if (d->old) migrate(d, UINT32_MAX); /* the last growth is not done yet: finish it */
+    size_t bytes = (size_t)nn * sizeof(slot_t);
+    void *raw = big_alloc(bytes);
+    if (!raw) return;
+    d->pop_done = 0;
+    d->pop_total = bytes >= BIG_TABLE ? bytes + 64 : 0;
+    d->old = d->tab;
+    d->old_raw = d->tab_raw;
+    d->old_n = d->n;
+    d->mig = 0;
+    d->tab_raw = raw;
+    d->tab = aligned(raw);
+    d->n = nn;
+    d->gen ^= TAG;
+    d->busy = 1;
+}
+
+/* ---- lifetime ---- */
 
 keel_dedup_t *keel_dedup_new(uint32_t max, double ttl_ms, const keel_clock_t *clock, uint64_t seed) {
     if (!clock || max == 0 || max == UINT32_MAX) return NULL;
     keel_dedup_t *d = calloc(1, sizeof *d);
     if (!d) return NULL;
     d->ttl_ms = (isnan(ttl_ms) || ttl_ms <= 0 || ttl_ms == INFINITY) ? 0 : ttl_ms;
-    arrays_t a;
-    if (alloc_arrays(MIN_SLOTS, d->ttl_ms > 0, &a) != 0) {
-        free(d);
-        return NULL;
-    }
-    install(d, &a, MIN_SLOTS);
     d->cap = cap_for(max);
-    if (d->cap < MIN_SLOTS) d->cap = MIN_SLOTS;
     d->max = max;
     d->clock = clock;
     d->seed = seed;
+    /* the ring holds an entry per mark, live or forgotten: as many as the
+     * largest table has slots, so compaction stays rare */
+    d->rcap = d->cap;
+    size_t rbytes = (size_t)d->rcap * sizeof *d->ring;
+    d->ring_mapped = rbytes >= BIG_TABLE; /* big_alloc maps it: page-aligned */
+    d->ring = big_alloc(rbytes);
+    d->rexp = d->ttl_ms > 0 ? big_alloc((size_t)d->rcap * sizeof *d->rexp) : NULL;
+    d->tab_raw = big_alloc((size_t)MIN_SLOTS * sizeof(slot_t));
+    if (!d->ring || (d->ttl_ms > 0 && !d->rexp) || !d->tab_raw) {
+        big_free(d->ring, rbytes);
+        big_free(d->rexp, (size_t)d->rcap * sizeof *d->rexp);
+        big_free(d->tab_raw, (size_t)MIN_SLOTS * sizeof(slot_t));
+        free(d);
+        return NULL;
+    }
+    d->tab = aligned(d->tab_raw);
+    d->n = MIN_SLOTS;
     return d;
 }
 
 static void drop_all_keys(keel_dedup_t *d) {
     for (uint32_t i = 0; i < d->n; i++)
         if (d->tab[i].state == LIVE) drop_key(d, &d->tab[i]);
+    for (uint32_t i = 0; d->old && i < d->old_n; i++)
+        if (d->old[i].state == LIVE) drop_key(d, &d->old[i]);
 }
 
 void keel_dedup_free(keel_dedup_t *d) {
     if (!d) return;
     drop_all_keys(d);
-    tab_free(d->tab_raw, d->n);
-    free(d->ring);
-    free(d->rexp);
+    if (d->old) end_growth(d);
+    if (d->trash_len) unmap_step(d, SIZE_MAX);
+    big_free(d->tab_raw, (size_t)d->n * sizeof(slot_t));
+    big_free(d->ring, (size_t)d->rcap * sizeof *d->ring);
+    big_free(d->rexp, (size_t)d->rcap * sizeof *d->rexp);
     free(d);
 }
 
-/* The slot holding key, or the EMPTY slot ending its probe chain. */
-static uint32_t find(const keel_dedup_t *d, const char *key, size_t len, uint32_t h) {
+/* ---- lookups ---- */
+
+#define NOT_FOUND UINT32_MAX
+
+static inline int matches(const slot_t *s, const char *key, size_t len, uint32_t h) {
+    return (s->hash & KEEL_HASH_BITS) == h && s->len == len && (len == 0 || memcmp(key_of(s), key, len) == 0);
+}
+
+/* The slot holding key in the current table, or the EMPTY slot ending its
+ * probe chain. */
+static inline __attribute__((always_inline)) uint32_t find(const keel_dedup_t *d, const char *key, size_t len, uint32_t h) {
     const slot_t *t = d->tab;
     uint32_t n = d->n, i = home(h, n);
     for (;;) {
         const slot_t *s = &t[i];
         if (s->state == EMPTY) return i;
-        if ((s->hash & KEEL_HASH_BITS) == h && s->len == len && (len == 0 || memcmp(key_of(s), key, len) == 0))
-            return i;
+        if (matches(s, key, len, h)) return i;
         i = next(i, n);
     }
 }
 
-static uint32_t free_slot(const keel_dedup_t *d, uint32_t h) {
-    uint32_t n = d->n, i = home(h, n);
-    while (d->tab[i].state != EMPTY) i = next(i, n);
-    return i;
+/* The old table's live slot holding key, or NOT_FOUND (MOVED slots keep the
+ * chains going). */
+static uint32_t find_old(const keel_dedup_t *d, const char *key, size_t len, uint32_t h) {
+    const slot_t *t = d->old;
+    uint32_t n = d->old_n, i = home(h, n);
+    for (;;) {
+        const slot_t *s = &t[i];
+        if (s->state == EMPTY) return NOT_FOUND;
+        if (s->state == LIVE && matches(s, key, len, h)) return i;
+        i = next(i, n);
+    }
+}
+
+/* The live slot holding key, and its ring entry in *entry; NULL when absent. */
+static inline __attribute__((always_inline)) slot_t *lookup(const keel_dedup_t *d, const char *key, size_t len, uint32_t h, uint32_t *entry) {
+    uint32_t i = find(d, key, len, h);
+    if (d->tab[i].state == LIVE) {
+        *entry = i | d->gen;
+        return &d->tab[i];
+    }
+    if (d->old) {
+        uint32_t j = find_old(d, key, len, h);
+        if (j != NOT_FOUND) {
+            *entry = j | (d->gen ^ TAG);
+            return &d->old[j];
+        }
+    }
+    return NULL;
 }
 
 static int insert(keel_dedup_t *d, const char *key, size_t len, uint32_t h) {
@@ -330,9 +421,7 @@ static int insert(keel_dedup_t *d, const char *key, size_t len, uint32_t h) {
     if ((double)d->live + 1 > LOAD * d->n && d->n < d->cap) {
         /* by 4, not 2: on the way to a million keys that moves a third
          * fewer keys (each a cache miss in the new table) */
-        uint32_t nn = d->n >= d->cap / 4 ? d->cap : d->n * 4;
-        /* out of memory: carry on in the table we have while it has room */
-        (void)grow(d, nn);
+        grow(d, d->n >= d->cap / 4 ? d->cap : d->n * 4);
     }
     /* an EMPTY slot must always end every probe chain */
     if (d->live + 2 > d->n) {
@@ -350,7 +439,7 @@ static int insert(keel_dedup_t *d, const char *key, size_t len, uint32_t h) {
     } else if (len) {
         memcpy(s->key.in, key, len);
     }
-    uint32_t idx = ring_push(d, pos);
+    uint32_t idx = ring_push(d, pos | d->gen);
     s->ridx = idx;
     if (d->rexp) d->rexp[idx] = d->clock->now_ms + d->ttl_ms;
     d->live++;
@@ -376,29 +465,50 @@ static void settle_owed(keel_dedup_t *d) {
     uint32_t tail = ring_at(d, d->count - 1);
     for (;;) {
         uint32_t idx = ring_pop(d);
-        uint32_t pos = d->ring[idx];
-        if (pos == DEAD) {
+        uint32_t e = d->ring[idx];
+        if (e == DEAD) {
             d->dead--;
             continue;
         }
-        slot_t *s = &d->tab[pos];
+        slot_t *s = entry_slot(d, e);
         if (d->ttl_ms == 0 && (s->hash & REF)) {
             s->hash &= ~REF;
             uint32_t newest = d->ring[tail];
-            d->ring[tail] = pos;
+            d->ring[tail] = e;
             s->ridx = tail;
             tail = ring_push(d, newest);
-            d->tab[newest].ridx = tail;
+            entry_slot(d, newest)->ridx = tail;
             continue;
         }
-        drop_live(d, pos);
+        drop_live(d, e);
         d->evictions++;
         return;
     }
 }
 
+static void populate_step(keel_dedup_t *d) {
+    size_t len = d->pop_total - d->pop_done;
+    if (len > POPULATE_CHUNK) len = POPULATE_CHUNK;
+#ifdef MADV_POPULATE_WRITE
+    madvise((char *)d->tab_raw + d->pop_done, len, MADV_POPULATE_WRITE);
+#endif
+    d->pop_done += len;
+}
+
+/* A step of each piece of growth work still going: prefaulting the new
+ * table, moving the old one's keys, unmapping it. */
+static void chores(keel_dedup_t *d) {
+    if (d->pop_done < d->pop_total) populate_step(d);
+    if (d->old) migrate(d, MIGRATE_STEP);
+    if (d->trash_len) unmap_step(d, UNMAP_CHUNK);
+    d->busy = d->pop_done < d->pop_total || d->old || d->trash_len;
+}
+
+/* What every call does first: the eviction owed, expiry, growth work. */
 static inline void settle(keel_dedup_t *d) {
     if (d->owed) settle_owed(d);
+    if (d->ttl_ms > 0) expire(d);
+    if (d->busy) chores(d);
 }
 
 int keel_dedup_seen(keel_dedup_t *d, const char *key, size_t len) {
@@ -406,9 +516,9 @@ int keel_dedup_seen(keel_dedup_t *d, const char *key, size_t len) {
     uint32_t h = keel_hash31(d->seed, key, len);
     __builtin_prefetch(&d->tab[home(h, d->n)]);
     settle(d);
-    if (d->ttl_ms > 0) expire(d);
-    slot_t *s = &d->tab[find(d, key, len, h)];
-    if (s->state == LIVE) {
+    uint32_t e;
+    slot_t *s = lookup(d, key, len, h, &e);
+    if (s) {
         /* conditional: a clean line need not be written back */
         if (!(s->hash & REF) && d->ttl_ms == 0) s->hash |= REF;
         d->hits++;
@@ -420,32 +530,39 @@ int keel_dedup_seen(keel_dedup_t *d, const char *key, size_t len) {
 int keel_dedup_forget(keel_dedup_t *d, const char *key, size_t len) {
     if (len > MAX_KEY) return 0;
     settle(d);
-    if (d->ttl_ms > 0) expire(d);
-    uint32_t pos = find(d, key, len, keel_hash31(d->seed, key, len));
-    slot_t *s = &d->tab[pos];
-    if (s->state != LIVE) return 0;
+    uint32_t e;
+    slot_t *s = lookup(d, key, len, keel_hash31(d->seed, key, len), &e);
+    if (!s) return 0;
     d->ring[s->ridx] = DEAD;
     d->dead++;
-    drop_live(d, pos);
+    drop_live(d, e);
     return 1;
 }
 
 uint32_t keel_dedup_size(keel_dedup_t *d) {
     settle(d);
-    if (d->ttl_ms > 0) expire(d);
     return d->live;
 }
 
 void keel_dedup_clear(keel_dedup_t *d) {
     /* counted as the eviction and expirations they are */
     settle(d);
-    if (d->ttl_ms > 0) expire(d);
     drop_all_keys(d);
-    arrays_t a;
-    if (alloc_arrays(MIN_SLOTS, d->ttl_ms > 0, &a) == 0) {
-        install(d, &a, MIN_SLOTS);
+    if (d->old) end_growth(d);
+    void *raw = big_alloc((size_t)MIN_SLOTS * sizeof(slot_t));
+    if (raw) {
+        big_free(d->tab_raw, (size_t)d->n * sizeof(slot_t));
+        d->tab_raw = raw;
+        d->tab = aligned(raw);
+        d->n = MIN_SLOTS;
+        d->pop_done = d->pop_total = 0;
+        d->busy = d->trash_len != 0;
     } else {
         memset(d->tab, 0, (size_t)d->n * sizeof(slot_t));
+    }
+    if (d->ring_mapped) {
+        madvise(d->ring, (size_t)d->rcap * sizeof *d->ring, MADV_DONTNEED);
+        if (d->rexp) madvise(d->rexp, (size_t)d->rcap * sizeof *d->rexp, MADV_DONTNEED);
     }
     d->head = d->count = d->live = d->dead = 0;
 }
@@ -455,7 +572,11 @@ double keel_dedup_marks(const keel_dedup_t *d) { return d->marks; }
 double keel_dedup_evictions(const keel_dedup_t *d) { return d->evictions + d->owed; }
 double keel_dedup_expirations(const keel_dedup_t *d) { return d->expirations; }
 
+/* The tables, plus the ring as far as it is in use (a mapped ring's pages
+ * come and go with it), plus keys stored out of line. */
 double keel_dedup_bytes(const keel_dedup_t *d) {
-    double per_slot = sizeof(slot_t) + sizeof(uint32_t) + (d->rexp ? sizeof(double) : 0);
-    return sizeof *d + (double)d->n * per_slot + 64 + d->key_bytes;
+    double per_entry = sizeof(uint32_t) + (d->rexp ? sizeof(double) : 0);
+    double ring = d->ring_mapped ? (double)(d->count < d->n ? d->n : d->count) : (double)d->rcap;
+    return sizeof *d + ((double)d->n + d->old_n) * sizeof(slot_t) + (double)d->trash_len + ring * per_entry + 64 +
+           d->key_bytes;
 }

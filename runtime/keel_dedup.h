@@ -16,9 +16,11 @@
  * Memory: one 32-byte slot plus a 4-byte ring entry (and with ttl an
  * 8-byte expiry) per table slot. The table grows 4x from 16 slots while
  * under 0.4 load and tops out at max / 0.4 slots: at max, 90 bytes per key
- * (110 with ttl). Removal shifts probe chains back (no tombstones), so a
- * full table never needs a purging rehash. Keys over 16 bytes are stored
- * out of line (counted in bytes). It only shrinks on clear. */
+ * (110 with ttl). Growth is incremental (the old table's keys move over a
+ * few per call, so no call stalls on a rehash). Removal shifts probe chains
+ * back (no tombstones), so a full table never needs a purging rehash. Keys
+ * over 16 bytes are stored out of line (counted in bytes). It only shrinks
+ * on clear. */
 
 typedef struct keel_dedup keel_dedup_t;
 
