@@ -69,6 +69,7 @@ struct keel_dedup {
     char *trash;     /* a big old table being unmapped a chunk per call */
     size_t trash_len;
     int busy;        /* growth work pending (see chores) */
+    uint32_t shrink_below; /* live keys under which the table shrinks */
     uint32_t head, count;
     uint32_t live, dead;
     uint32_t max;
@@ -209,6 +210,20 @@ static void compact_ring(keel_dedup_t *d) {
     d->dead = 0;
 }
 
+/* Gives back every chunk of a mapped ring that holds no entry in use. */
+static void release_unused(keel_dedup_t *d) {
+    if (!d->ring_mapped) return;
+    uint64_t used_from = d->head, used_to = (uint64_t)d->head + d->count; /* may pass rcap: wraps */
+    for (uint32_t start = 0; start < d->rcap; start += RING_CHUNK) {
+        uint32_t len = d->rcap - start < RING_CHUNK ? d->rcap - start : RING_CHUNK;
+        uint64_t a = start, b = (uint64_t)start + len;
+        int in_use = (a < used_to && b > used_from) || (a + d->rcap < used_to && b + d->rcap > used_from);
+        if (in_use) continue;
+        madvise(&d->ring[start], (size_t)len * sizeof *d->ring, MADV_DONTNEED);
+        if (d->rexp) madvise(&d->rexp[start], (size_t)len * sizeof *d->rexp, MADV_DONTNEED);
+    }
+}
+
 static inline __attribute__((always_inline)) uint32_t ring_push(keel_dedup_t *d, uint32_t e) {
     if (d->count == d->rcap) compact_ring(d);
     uint32_t idx = ring_at(d, d->count);
@@ -291,9 +306,14 @@ static void migrate(keel_dedup_t *d, uint32_t steps) {
     if (end == d->old_n) end_growth(d);
 }
 
-/* Starts growing to nn slots: the current table becomes the old one. Out of
- * memory: carry on in the table we have while it has room. */
-static void grow(keel_dedup_t *d, uint32_t nn) {
+/* Below this many live keys the table shrinks to a quarter: a twentieth of
+ * the slots, so the smaller table starts at 0.2 load, half way to growing. */
+static uint32_t shrink_below(uint32_t n) { return n > MIN_SLOTS ? n / 20 : 0; }
+
+/* Starts moving to a table of nn slots, larger or smaller: the current
+ * table becomes the old one. Out of memory: carry on in the table we have
+ * while it has room. */
+static void resize(keel_dedup_t *d, uint32_t nn) {
     if (d->old) migrate(d, UINT32_MAX); /* the last growth is not done yet: finish it */
     size_t bytes = (size_t)nn * sizeof(slot_t);
     void *raw = big_alloc(bytes);
@@ -309,6 +329,7 @@ static void grow(keel_dedup_t *d, uint32_t nn) {
     d->n = nn;
     d->gen ^= TAG;
     d->busy = 1;
+    d->shrink_below = shrink_below(nn);
 }
 
 /* ---- lifetime ---- */
@@ -421,7 +442,7 @@ static int insert(keel_dedup_t *d, const char *key, size_t len, uint32_t h) {
     if ((double)d->live + 1 > LOAD * d->n && d->n < d->cap) {
         /* by 4, not 2: on the way to a million keys that moves a third
          * fewer keys (each a cache miss in the new table) */
-        grow(d, d->n >= d->cap / 4 ? d->cap : d->n * 4);
+        resize(d, d->n >= d->cap / 4 ? d->cap : d->n * 4);
     }
     /* an EMPTY slot must always end every probe chain */
     if (d->live + 2 > d->n) {
@@ -495,6 +516,19 @@ static void populate_step(keel_dedup_t *d) {
     d->pop_done += len;
 }
 
+/* Most keys have gone: a table a quarter the size, and, when forgotten
+ * keys' entries fill most of the ring, the ring compacted once (a
+ * sequential pass, ~1 ms per million entries) and its unused pages given
+ * back. */
+static void shrink(keel_dedup_t *d) {
+    uint32_t nn = (d->n / 4 + 1) & ~1u;
+    resize(d, nn < MIN_SLOTS ? MIN_SLOTS : nn);
+    if (d->dead > d->live) {
+        compact_ring(d);
+        release_unused(d);
+    }
+}
+
 /* A step of each piece of growth work still going: prefaulting the new
  * table, moving the old one's keys, unmapping it. */
 static void chores(keel_dedup_t *d) {
@@ -504,11 +538,13 @@ static void chores(keel_dedup_t *d) {
     d->busy = d->pop_done < d->pop_total || d->old || d->trash_len;
 }
 
-/* What every call does first: the eviction owed, expiry, growth work. */
+/* What every call does first: the eviction owed, expiry, growth work, and
+ * a shrink once most keys have gone (expired, forgotten). */
 static inline void settle(keel_dedup_t *d) {
     if (d->owed) settle_owed(d);
     if (d->ttl_ms > 0) expire(d);
     if (d->busy) chores(d);
+    if (d->live < d->shrink_below && !d->old) shrink(d);
 }
 
 int keel_dedup_seen(keel_dedup_t *d, const char *key, size_t len) {
@@ -555,6 +591,7 @@ void keel_dedup_clear(keel_dedup_t *d) {
         d->tab_raw = raw;
         d->tab = aligned(raw);
         d->n = MIN_SLOTS;
+        d->shrink_below = 0;
         d->pop_done = d->pop_total = 0;
         d->busy = d->trash_len != 0;
     } else {

@@ -19,8 +19,8 @@
  * (110 with ttl). Growth is incremental (the old table's keys move over a
  * few per call, so no call stalls on a rehash). Removal shifts probe chains
  * back (no tombstones), so a full table never needs a purging rehash. Keys
- * over 16 bytes are stored out of line (counted in bytes). It only shrinks
- * on clear. */
+ * over 16 bytes are stored out of line (counted in bytes). Below a
+ * twentieth of the slots live it shrinks to a quarter, the same way. */
 
 typedef struct keel_dedup keel_dedup_t;
 

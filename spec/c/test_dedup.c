@@ -314,6 +314,16 @@ static int big(void) {
                 CHECK(keel_dedup_seen(d, buf, (size_t)sprintf(buf, "c%u", k - j)) == 0);
         }
     }
+    /* once most keys are gone the table shrinks, step by step, and keeps the rest */
+    keel_dedup_free(d);
+    d = keel_dedup_new(max, 0, &clock, 13);
+    CHECK(d);
+    for (k = 0; k < max; k++) CHECK(keel_dedup_seen(d, buf, (size_t)sprintf(buf, "s%u", k)) == 0);
+    double full = keel_dedup_bytes(d);
+    for (k = 100; k < max; k++) CHECK(keel_dedup_forget(d, buf, (size_t)sprintf(buf, "s%u", k)) == 1);
+    for (int round = 0; round < 200000; round++) CHECK(keel_dedup_size(d) == 100);
+    CHECKF(keel_dedup_bytes(d) < full / 100, "bytes %g after shrinking, %g full", keel_dedup_bytes(d), full);
+    for (k = 0; k < max; k++) CHECK(keel_dedup_forget(d, buf, (size_t)sprintf(buf, "s%u", k)) == (k < 100));
     keel_dedup_free(d);
     printf("ok big\n");
     return 0;
