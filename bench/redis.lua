@@ -14,21 +14,7 @@ local keel = require "keel"
 local root = debug.getinfo(1, "S").source:match("^@(.*)/bench/[^/]*$") or "."
 package.path = root .. "/spec/support/?.lua;" .. package.path
 local redis_server = require "redis_server"
-
-local function sh(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("*a")
-  p:close()
-  return out
-end
-
-local function my_pid()
-  local f = io.open("/proc/self/stat")
-  if not f then return nil end
-  local pid = (f:read("*l") or ""):match("^(%d+)")
-  f:close()
-  return pid
-end
+local sh, my_pid = redis_server.sh, redis_server.my_pid
 
 local NCPU = tonumber(sh("nproc 2>/dev/null"):match("%d+")) or 1
 local ALL = "0-" .. (NCPU - 1)

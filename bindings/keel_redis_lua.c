@@ -39,6 +39,7 @@ typedef struct {
 } keel_redis_ring_t;
 
 #define FAST_MAX_STR 65536 /* longer strings are built as Lua strings directly */
+#define FAST_MAX_ARENA (1u << 30) /* past this within one read burst, the Lua API path (no uint32 overflow) */
 
 typedef struct {
     keel_redis_t *r;     /* NULL once closed */
@@ -169,7 +170,7 @@ static int fast_put(glue_t *g, uint64_t id, const redisReply *rep) {
     if (kind == DONE_NUM) {
         e->num = (double)rep->integer;
     } else if (kind != DONE_NIL) {
-        if (rep->len > FAST_MAX_STR) return 0;
+        if (rep->len > FAST_MAX_STR || q->arena_len > FAST_MAX_ARENA - FAST_MAX_STR) return 0;
         uint32_t len = (uint32_t)rep->len;
         if (q->arena_len + len > q->arena_cap) {
             uint32_t ncap = q->arena_cap ? q->arena_cap : 4096;

@@ -395,6 +395,16 @@ function Client:eval(script, nkeys, ...)
   return send(self, self.timeout_ms, "keel.redis: client:eval", "EVALSHA", loaded, nkeys, ...)
 end
 
+-- The options this client was opened with, for another connection to the
+-- same server (a blocking reader, a subscriber); without its metrics name.
+function Client:connect_opts()
+  bad_self("keel.redis: client:connect_opts", self)
+  local o = {}
+  for k, v in pairs(self.opts) do o[k] = v end
+  o.name = nil
+  return o
+end
+
 function Client:close()
   bad_self("keel.redis: client:close", self)
   if self.conn then

@@ -18,6 +18,7 @@ local function sh(cmd)
   p:close()
   return out
 end
+M.sh = sh
 
 M.available = sh("command -v redis-server 2>/dev/null") ~= ""
 
@@ -34,6 +35,7 @@ local function my_pid()
   f:close()
   return pid
 end
+M.my_pid = my_pid
 
 local function pick_port(after)
   -- derive from our pid so parallel runs rarely collide, then probe

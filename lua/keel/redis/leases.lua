@@ -126,10 +126,7 @@ local function subscribe(self)
   if not self.notify or self.sub_state == "ready" or self.sub_state == "connecting" then return false end
   if sched.now() < self.sub_retry_at then return false end
   self.sub_state = "connecting"
-  local o = {}
-  for k, v in pairs(self.redis.opts) do o[k] = v end
-  o.name = nil
-  local sub = redis.subscriber(o)
+  local sub = redis.subscriber(self.redis:connect_opts())
   local ok = sub and sub:subscribe(self.channel)
   if not ok then
     if sub then sub:close() end

@@ -758,10 +758,7 @@ local function get_blocker(self)
   end
   if self.nblockers >= self.max_blockers then return nil end
   self.nblockers = self.nblockers + 1
-  local o = {}
-  for k, v in pairs(self.redis.opts) do o[k] = v end
-  o.name = nil
-  local c = redis.connect(o)
+  local c = redis.connect(self.redis:connect_opts())
   if not c then self.nblockers = self.nblockers - 1 end
   return c
 end
