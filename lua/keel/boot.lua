@@ -35,9 +35,7 @@ function boot.start_main(chunk, ...)
   local main = sched.spawn_main(w, chunk, ...)
   main:_watch(function(task)
     if task.state == "failed" then
-      local err = task.err
-      if type(err) ~= "string" then err = "(error object is a " .. type(err) .. " value: " .. tostring(err) .. ")" end
-      sched.report(err)
+      sched.report(task:traceback())
       if not w.exit_code then sched.request_exit(w, 1) end
     elseif task.state == "cancelled" and not w.exit_code then
       -- Exit 1 says "error": say which, or the failure is silent.

@@ -363,13 +363,40 @@ end
 
 -- Tasks ------------------------------------------------------------------------
 
+-- A printable form of any error value. It never raises: an error object's
+-- __tostring may itself fail, and the report of a failure must not become a
+-- second one.
+local function describe(e)
+  local t = type(e)
+  if t == "string" then return e end
+  if t == "number" then return tostring(e) end
+  local ok, s = pcall(tostring, e)
+  if not ok then
+    return "(error object is a " .. t .. " value; its __tostring raised: "
+      .. (type(s) == "string" and s or type(s)) .. ")"
+  end
+  if type(s) ~= "string" then return "(error object is a " .. t .. " value)" end
+  local mt = getmetatable(e)
+  if type(mt) == "table" and rawget(mt, "__tostring") then return s end
+  return "(error object is a " .. t .. " value: " .. s .. ")"
+end
+sched.describe = describe
+
+-- The message and stack of an error, without the scheduler's own frames:
+-- the trace ends where the task (or the deferred function) began.
+local function trace_of(e, level)
+  local tb = traceback(describe(e), level + 1)
+  local cut = tb:find("\n\t%[C%]: in function 'xpcall'")
+  return cut and tb:sub(1, cut - 1) or tb
+end
+
+-- The task's error travels unchanged (any Lua value: a caller may compare
+-- it, match it, or retry on it); its traceback is kept beside it, for
+-- task:traceback() and for the report of a failure nobody joined.
 local function on_error(e)
-  if e == CANCELLED then return e end
-  if type(e) == "string" then
-    -- Cut the scheduler's own frames: the trace ends where the task began.
-    local tb = traceback(e, 2)
-    local cut = tb:find("\n\t%[C%]: in function 'xpcall'")
-    return cut and tb:sub(1, cut - 1) or tb
+  if e ~= CANCELLED then
+    local task = W and W.current
+    if task then task.tb = trace_of(e, 2) end
   end
   return e
 end
@@ -380,14 +407,16 @@ local function report(msg)
 end
 sched.report = report
 
+local function defer_error(e) return trace_of(e, 2) end
+
 local function run_defers(task)
   local defers = task.defers
   if not defers then return end
   task.defers = nil
   task.cancelled = false -- cleanup may itself wait (release a remote lease)
   for i = #defers, 1, -1 do
-    local ok, err = xpcall(defers[i], on_error)
-    if not ok then report("keel: error in deferred cleanup: " .. tostring(err)) end
+    local ok, err = xpcall(defers[i], defer_error)
+    if not ok then report("keel: error in deferred cleanup: " .. err) end
   end
 end
 
@@ -471,7 +500,7 @@ local function step(w, task)
     end
   elseif not ok then
     -- Only the scheduler's own code can fail outside the task's xpcall.
-    report("keel: internal scheduler error: " .. tostring(m))
+    report("keel: internal scheduler error: " .. describe(m))
     if task.state ~= "done" and task.state ~= "failed" then
       task.state = "failed"
       task.err = m
@@ -534,6 +563,14 @@ local function results(task)
   return false, task.err
 end
 sched.results = results
+
+-- The failed task's error message and stack traceback (a string), or nil
+-- when the task did not fail.
+function Task:traceback()
+  if not is_task(self) then error("task:traceback: call it as a method (task:traceback())", 2) end
+  if self.state ~= "failed" then return nil end
+  return self.tb or describe(self.err)
+end
 
 function Task:join(timeout)
   if not is_task(self) then error("task:join: call it as a method (task:join())", 2) end
@@ -679,7 +716,7 @@ local function report_unobserved(w)
   for i = 1, #list do
     local task = list[i]
     if not task.observed then
-      report("keel: task failed and nobody joined it: " .. tostring(task.err))
+      report("keel: task failed and nobody joined it: " .. (task.tb or describe(task.err)))
     end
   end
 end
