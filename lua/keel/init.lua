@@ -116,9 +116,48 @@ local function check_fns(fname, fns)
   sched.need_task(fname, 3)
 end
 
+-- Runs each function as a task and waits until `pick` chooses one of them
+-- (it is called as each task ends; true stops the wait) or all have ended.
+-- Then cancels the rest and waits for them, so their keel.defer cleanups
+-- have run when the caller goes on. A caller cancelled meanwhile cancels
+-- the tasks and the cancellation propagates. Returns the tasks and the
+-- picked one (nil if none was).
+local function run_group(fname, fns, pick)
+  local n = #fns
+  local q = sched.waitqueue()
+  local tasks, picked, remaining = {}, nil, n
+  local function ended(task)
+    remaining = remaining - 1
+    if not picked and pick(task) then picked = task end
+    q:wake_one()
+  end
+  for i = 1, n do
+    local t = sched.spawn(fns[i])
+    t.observed = true -- a failure here is the caller's to raise, not to print
+    t:_watch(ended)
+    tasks[i] = t
+  end
+  local ok, err = pcall(function()
+    while remaining > 0 and not picked do q:wait(nil, fname) end
+  end)
+  for i = 1, n do tasks[i]:cancel() end
+  if not ok then error(err, 0) end
+  for i = 1, n do tasks[i]:join() end
+  return tasks, picked
+end
+
+local function failed(task) return task.state ~= "done" end
+local function settled() return true end
+local function succeeded(task) return task.state == "done" end
+
+local function unwrap(ok, ...)
+  if ok then return ... end
+  error((...), 0)
+end
+
 -- Runs every function as a task and waits for them all. Returns the first
 -- result of each, in order. The first error (in time) cancels the rest and
--- is raised.
+-- is raised once their cleanup has run.
 -- Results come back as multiple values, which Lua caps (unpack stops below
 -- 8000): refuse up front rather than run everything and lose the results.
 local ALL_MAX = 7000
@@ -130,27 +169,8 @@ function keel.all(fns)
   if n > ALL_MAX then
     error(string.format("keel.all: at most %d functions (got %d): results are returned as values", ALL_MAX, n), 2)
   end
-  local q = sched.waitqueue()
-  local tasks, failed = {}, nil
-  local remaining = n
-  for i = 1, n do
-    local t = sched.spawn(fns[i])
-    t.observed = true
-    t:_watch(function(task)
-      remaining = remaining - 1
-      if task.state ~= "done" and not failed then failed = task end
-      q:wake_one()
-    end)
-    tasks[i] = t
-  end
-  local ok, err = pcall(function()
-    while remaining > 0 and not failed do q:wait(nil, "keel.all") end
-  end)
-  if not ok or failed then
-    for i = 1, n do tasks[i]:cancel() end
-    if not ok then error(err, 0) end
-    error(failed.err, 0)
-  end
+  local tasks, first_failure = run_group("keel.all", fns, failed)
+  if first_failure then error(first_failure.err, 0) end
   local out = {}
   for i = 1, n do
     local _, first_result = sched.results(tasks[i])
@@ -159,35 +179,50 @@ function keel.all(fns)
   return unpack(out, 1, n)
 end
 
--- Runs every function as a task; returns the results of the first to finish
--- (raising its error if it failed) and cancels the others.
+-- Runs every function as a task; the first to end, success or failure,
+-- settles the race (as Promise.race): its results are returned or its error
+-- raised, once the others are cancelled and their cleanup has run.
+function keel.race(fns)
+  check_fns("keel.race", fns)
+  if #fns == 0 then error("keel.race: argument 'fns' must not be empty", 2) end
+  local _, first = run_group("keel.race", fns, settled)
+  return unwrap(sched.results(first))
+end
+
+-- The error keel.any raises when every function failed (as JavaScript's
+-- AggregateError): err.errors[i] is the error of fns[i], unchanged.
+local AnyError = {}
+AnyError.__index = AnyError
+AnyError.__tostring = function(e) return e.message end
+
+local ANY_LISTED = 5 -- errors quoted in the message; all are in err.errors
+
+local function any_error(tasks)
+  local n = #tasks
+  local errors = { n = n }
+  local parts = {}
+  for i = 1, n do
+    errors[i] = tasks[i].err
+    if i <= ANY_LISTED then parts[i] = string.format("[%d] %s", i, sched.describe(errors[i])) end
+  end
+  if n > ANY_LISTED then parts[#parts + 1] = string.format("... and %d more", n - ANY_LISTED) end
+  local message = string.format("keel.any: all %d functions failed: %s", n, table.concat(parts, "; "))
+  return setmetatable({ errors = errors, message = message }, AnyError)
+end
+
+-- True when err is the error keel.any raises when every function failed.
+function keel.is_any_error(err) return getmetatable(err) == AnyError end
+
+-- Runs every function as a task; returns the results of the first to
+-- succeed (as Promise.any), once the others are cancelled and their cleanup
+-- has run. Raises an aggregate error (err.errors, err.message) only when
+-- every function failed.
 function keel.any(fns)
   check_fns("keel.any", fns)
-  local n = #fns
-  if n == 0 then error("keel.any: argument 'fns' must not be empty", 2) end
-  local q = sched.waitqueue()
-  local tasks, first = {}, nil
-  for i = 1, n do
-    local t = sched.spawn(fns[i])
-    t.observed = true
-    t:_watch(function(task)
-      if not first then first = task end
-      q:wake_one()
-    end)
-    tasks[i] = t
-  end
-  local ok, err = pcall(function()
-    while not first do q:wait(nil, "keel.any") end
-  end)
-  for i = 1, n do if tasks[i] ~= first then tasks[i]:cancel() end end
-  if not ok then error(err, 0) end
-  -- The losers' cleanup has run by the time the winner's results return.
-  for i = 1, n do if tasks[i] ~= first then tasks[i]:join() end end
-  local function unwrap(succeeded, ...)
-    if succeeded then return ... end
-    error((...), 0)
-  end
-  return unwrap(sched.results(first))
+  if #fns == 0 then error("keel.any: argument 'fns' must not be empty", 2) end
+  local tasks, winner = run_group("keel.any", fns, succeeded)
+  if not winner then error(any_error(tasks), 0) end
+  return unwrap(sched.results(winner))
 end
 
 function keel.random(m, n)
