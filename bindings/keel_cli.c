@@ -105,7 +105,7 @@ int main(int argc, char **argv) {
         if (stat(script, &sb) == 0 && S_ISDIR(sb.st_mode)) return usage_error("script '%s' is a directory", script);
     }
 
-    keel_options opts = { .sim = sim, .seed = seed, .run_to_completion = 1 };
+    keel_options opts = { .sim = sim, .seed = seed, .run_to_completion = 1, .no_events = 1 };
     keel_runtime *rt = keel_new(&opts);
     if (!rt) return 1;
 

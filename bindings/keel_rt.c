@@ -18,7 +18,7 @@
 #include <unistd.h>
 #include <limits.h>
 
-enum { ST_WAITING = 0, ST_READY = 1, ST_DONE = 2, ST_STUCK = 3, ST_EXIT = 4 };
+enum { ST_WAITING = 0, ST_READY = 1, ST_DONE = 2, ST_STUCK = 3, ST_EXIT = 4, ST_PARKED = 5 };
 
 typedef struct event_node {
     struct event_node *next;
@@ -152,6 +152,13 @@ static void tick(keel_runtime *rt) {
     int code = (int)lua_tointeger(L, -2);
     int alive = (int)lua_tointeger(L, -1);
     lua_pop(L, 4);
+    /* PARKED: tasks wait for a signal (keel_shutdown) or a posted event. The
+     * events handle, unref'd in a run-to-completion run, then keeps the loop
+     * polling for them instead of letting it run dry into "deadlock". */
+    if (rt->run_to_completion) {
+        if (state == ST_PARKED) uv_ref((uv_handle_t *)&rt->async);
+        else uv_unref((uv_handle_t *)&rt->async);
+    }
     switch (state) {
     case ST_READY:
         uv_idle_start(&rt->idle, on_idle);
@@ -175,6 +182,10 @@ static void tick(keel_runtime *rt) {
         uv_idle_stop(&rt->idle);
         uv_timer_stop(&rt->timer);
         if (rt->run_to_completion) finish(rt, code);
+        break;
+    case ST_PARKED:
+        uv_idle_stop(&rt->idle);
+        uv_timer_stop(&rt->timer);
         break;
     case ST_STUCK:
         uv_idle_stop(&rt->idle);
@@ -349,7 +360,8 @@ keel_runtime *keel_new(const keel_options *opts) {
     lua_pushlightuserdata(L, &rt->clock);
     lua_pushlightuserdata(L, &rt->rand);
     lua_pushnumber(L, (lua_Number)rt->seed);
-    if (call_lua(rt, 3, 0) != 0) { keel_free(rt); return NULL; }
+    lua_pushboolean(L, !opts->no_events);
+    if (call_lua(rt, 4, 0) != 0) { keel_free(rt); return NULL; }
     return rt;
 }
 

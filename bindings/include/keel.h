@@ -28,9 +28,14 @@ typedef struct keel_options {
     const char *lua_root; /* directory holding lua/keel; NULL: found from the executable */
     int run_to_completion; /* non-zero (the CLI): the run ends with code 0 once every
                               task has finished and no timer is armed, and with code 1
-                              when tasks wait and nothing can wake them. Zero (default
-                              for hosts): the runtime stays up for keel_call/keel_post
-                              until keel.exit() or keel_stop(). */
+                              when tasks wait and nothing can wake them. A registered
+                              keel.on_shutdown handler can wake them (the run waits
+                              for keel_shutdown), and so can a keel.on_event handler
+                              unless no_events is set. Zero (default for hosts): the
+                              runtime stays up for keel_call/keel_post until
+                              keel.exit() or keel_stop(). */
+    int no_events;        /* non-zero: this host never calls keel_post (the CLI), so a
+                             keel.on_event handler is no way to wake a waiting run */
 } keel_options;
 
 enum { KEEL_NIL = 0, KEEL_BOOLEAN, KEEL_NUMBER, KEEL_STRING };

@@ -17,11 +17,14 @@ local boot = {}
 -- their own jit.opt.
 if jit and jit.opt then jit.opt.start("hotexit=100") end
 
-function boot.init(clock_ptr, rand_ptr, seed)
+-- host_events: the host may post events (keel_post), so a task waiting for
+-- an on_event handler to wake it is not a deadlock.
+function boot.init(clock_ptr, rand_ptr, seed, host_events)
   local w = sched.new_world({
     clock = ffi.cast("keel_clock_t *", clock_ptr),
     rand = ffi.cast("keel_rand_t *", rand_ptr),
     seed = seed,
+    host_events = host_events,
   })
   sched.set_world(w)
   boot.world = w

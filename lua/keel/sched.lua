@@ -10,8 +10,8 @@ local ffi = require "ffi"
 local C = require "keel.ffi.core"
 
 local cocreate, coresume, yield = coroutine.create, coroutine.resume, coroutine.yield
-local select, type, tostring, setmetatable, error, xpcall =
-  select, type, tostring, setmetatable, error, xpcall
+local select, type, tostring, setmetatable, error, xpcall, next =
+  select, type, tostring, setmetatable, error, xpcall, next
 local traceback = debug.traceback
 local huge = math.huge
 local unpack = unpack or table.unpack
@@ -60,6 +60,7 @@ local function new_world(opts)
   end
   w.virtual = w.clock.is_virtual ~= 0
   w.seed = opts.seed
+  w.host_events = opts.host_events or false
   w.timers = ffi.gc(C.keel_timers_new(), C.keel_timers_free)
   if w.timers == nil then error("keel: out of memory creating the timer heap") end
   return w
@@ -752,8 +753,19 @@ local function run_ready(w, budget)
   end
 end
 
--- States returned to the host after a tick.
-sched.READY, sched.WAITING, sched.DONE, sched.STUCK, sched.EXIT = 1, 0, 2, 3, 4
+-- States returned to the host after a tick. PARKED: tasks wait and only
+-- something from outside can wake them (a signal for a shutdown handler, a
+-- host's event for an on_event handler), so the host waits for it; STUCK:
+-- nothing at all can.
+sched.READY, sched.WAITING, sched.DONE, sched.STUCK, sched.EXIT, sched.PARKED = 1, 0, 2, 3, 4, 5
+
+-- A registered shutdown handler is a way to be woken until shutdown begins
+-- ("serve until SIGTERM" is a task waiting for ever), and so is an on_event
+-- handler in a host that can post events.
+local function wakeable_from_outside(w)
+  if not w.shutting_down and #w.shutdown_handlers > 0 then return true end
+  return w.host_events and next(w.events) ~= nil
+end
 
 -- One turn: fire due timers, run runnable tasks (bounded), and in virtual
 -- time jump the clock whenever nothing else can happen first. Returns the
@@ -791,7 +803,9 @@ function sched.tick(w)
   if w.nready > 0 then return sched.READY, nxt end
   local armed = C.keel_timers_count(timers) - w.unrefd
   if w.alive == 0 and armed <= 0 then return sched.DONE, nxt end
-  if armed <= 0 and w.pending == 0 then return sched.STUCK, nxt end
+  if armed <= 0 and w.pending == 0 then
+    return wakeable_from_outside(w) and sched.PARKED or sched.STUCK, nxt
+  end
   return sched.WAITING, nxt
 end
 
@@ -813,7 +827,8 @@ function sched.run_nested(w, fn, ...)
       -- the main task never finished: say so rather than raise nothing.
       error(string.format("keel.sim: keel.exit(%d) called inside the simulated world", w.exit_code), 0)
     end
-    if state == sched.STUCK then
+    -- (No signal or host event reaches a simulated world.)
+    if state == sched.STUCK or state == sched.PARKED then
       local n = w.alive
       -- The stranded tasks stay parked (their cleanup does not run): the world is abandoned.
       error(string.format("keel.sim: deadlock: %d task(s) wait forever with no timer to wake them", n), 0)

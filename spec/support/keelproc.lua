@@ -68,4 +68,49 @@ function M.script(src, args, flags)
   return code, so, se, path
 end
 
+local function slurp_rm(path)
+  local s = slurp(path)
+  os.remove(path)
+  return s
+end
+
+-- Starts `keel [flags...] script` in the background, waits until its stdout
+-- contains "ready", then runs each step of plan: { signal = "TERM" },
+-- { wait_for = "text" } (polls stdout) or { pause = seconds }. Returns exit
+-- code, stdout, stderr. A watchdog SIGKILLs the child after 10 s so a hang
+-- cannot stall the suite (not `timeout`: it would stand between us and the
+-- child's signals); a killed child exits 137.
+function M.signals(src, plan, flags)
+  local base = tmpname()
+  os.remove(base)
+  local script = base .. ".lua"
+  local f = assert(io.open(script, "wb"))
+  f:write(src)
+  f:close()
+  local out, err, status = tmpname(), tmpname(), tmpname()
+  local argv = {}
+  for _, a in ipairs(flags or {}) do argv[#argv + 1] = M.quote(a) end
+  argv[#argv + 1] = M.quote(script)
+  local sh = {
+    string.format("%s %s >%s 2>%s & pid=$!", M.quote(M.bin), table.concat(argv, " "), out, err),
+    "( sleep 10 & s=$!; trap 'kill $s 2>/dev/null; exit 0' TERM; wait $s; kill -KILL $pid 2>/dev/null ) & wd=$!",
+  }
+  local function wait_for(text)
+    sh[#sh + 1] = string.format(
+      "i=0; while ! grep -q %s %s && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done", M.quote(text), out)
+  end
+  wait_for("ready")
+  for _, step in ipairs(plan) do
+    if step.signal then sh[#sh + 1] = "kill -" .. step.signal .. " $pid" end
+    if step.wait_for then wait_for(step.wait_for) end
+    if step.pause then sh[#sh + 1] = "sleep " .. step.pause end
+  end
+  sh[#sh + 1] = "wait $pid; echo $? >" .. status
+  sh[#sh + 1] = "kill $wd 2>/dev/null; wait $wd 2>/dev/null"
+  os.execute("sh -c " .. M.quote(table.concat(sh, "\n")))
+  local code = tonumber(slurp_rm(status):match("%d+"))
+  os.remove(script)
+  return code, slurp_rm(out), slurp_rm(err)
+end
+
 return M
