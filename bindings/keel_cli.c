@@ -35,7 +35,12 @@ static uv_async_t *volatile shutdown_async;
 static volatile sig_atomic_t signals_seen, first_signal;
 
 static void on_signal(int signum) {
-    if (signals_seen++ > 0) _exit(128 + signum);
+    if (signals_seen++ > 0) {
+        static const char msg[] = "keel: second signal: exiting at once, without waiting for the shutdown to finish\n";
+        ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)ignored;
+        _exit(128 + signum);
+    }
     first_signal = signum;
     uv_async_t *a = shutdown_async;
     if (a) uv_async_send(a);

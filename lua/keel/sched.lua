@@ -856,32 +856,61 @@ function sched.deliver_event(w, name, payload)
 end
 
 function sched.add_shutdown(w, fn, deadline_ms)
-  w.shutdown_handlers[#w.shutdown_handlers + 1] = { fn = fn, deadline = deadline_ms }
+  -- (a callable table has no source line)
+  local info = type(fn) == "function" and debug.getinfo(fn, "S")
+  local where = info and (info.short_src .. ":" .. info.linedefined) or tostring(fn)
+  local handlers = w.shutdown_handlers
+  handlers[#handlers + 1] = { fn = fn, deadline = deadline_ms, where = where, n = #handlers + 1 }
 end
 
--- Runs the shutdown handlers as tasks; exits with code once they are done or
--- their deadline passes.
+local function earliest_deadline(a, b)
+  if a.deadline ~= b.deadline then return a.deadline < b.deadline end
+  return a.n < b.n
+end
+
+local function ended(task)
+  local s = task.state
+  return s == "done" or s == "failed" or s == "cancelled"
+end
+
+-- Runs the shutdown handlers as tasks, all at once, and exits with code
+-- once each has ended or been cut at its own deadline. A handler past its
+-- deadline is cancelled and its keel.defer cleanups run (bounded by the
+-- same deadline again) before the exit: what it held is released.
 function sched.shutdown(w, code)
   if w.shutting_down then return end
   w.shutting_down = true
   local handlers = w.shutdown_handlers
   if #handlers == 0 then w.exit_code = code; return end
-  local deadline = 0
-  for i = 1, #handlers do
-    if handlers[i].deadline > deadline then deadline = handlers[i].deadline end
-  end
   spawn_in(w, function()
-    local tasks = {}
-    for i = 1, #handlers do tasks[i] = spawn_in(w, handlers[i].fn, 0) end
-    local limit = C.keel_clock_update(w.clock) + deadline
-    for i = 1, #tasks do
-      local left = limit - C.keel_clock_update(w.clock)
-      if left < 0 then left = 0 end
-      local ok, err = tasks[i]:join(left)
-      if not ok and err ~= "timeout" then report("keel: shutdown handler failed: " .. tostring(err)) end
-      if not ok and err == "timeout" then
-        report("keel: shutdown handlers did not finish within " .. deadline .. " ms")
-        break
+    local start = C.keel_clock_update(w.clock)
+    local order = {}
+    for i = 1, #handlers do
+      local h = handlers[i]
+      local task = spawn_in(w, h.fn, 0)
+      task.observed = true -- reported here, with which handler it was
+      order[i] = { task = task, deadline = h.deadline, where = h.where, n = h.n }
+    end
+    -- Earliest deadline first, every wait measured from the start: each
+    -- handler is cut exactly at its own deadline, whatever the others do.
+    table.sort(order, earliest_deadline)
+    for i = 1, #order do
+      local e, task = order[i], order[i].task
+      local left = start + e.deadline - C.keel_clock_update(w.clock)
+      task:join(left > 0 and left or 0)
+      if not ended(task) then
+        report(string.format("keel: shutdown handlers did not finish within %g ms: handler %d (%s) cancelled",
+          e.deadline, e.n, e.where))
+        task:cancel()
+        task:join(e.deadline)
+        if not ended(task) then
+          report(string.format("keel: shutdown handler %d (%s): its cleanup did not finish within %g ms either",
+            e.n, e.where, e.deadline))
+        end
+      elseif task.state == "failed" then
+        report("keel: shutdown handler failed: " .. task:traceback())
+      elseif task.state == "cancelled" then
+        report(string.format("keel: shutdown handler %d (%s) was cancelled", e.n, e.where))
       end
     end
     w.exit_code = code
