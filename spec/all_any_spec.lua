@@ -120,6 +120,20 @@ describe("keel.any", function()
     end)
   end)
 
+  it("the failures it swallowed or aggregated are not printed as unjoined", function()
+    local proc = require "keelproc"
+    local code, out, err = proc.eval([[
+      local keel = require "keel"
+      io.write(keel.any({ function() error("quiet") end, function() keel.sleep(1) return "won" end }), ";")
+      local ok, e = pcall(keel.any, { function() error("a") end, function() error("b") end })
+      io.write(tostring(ok), ";", #e.errors)
+      keel.sleep(1)
+    ]])
+    assert.equal(0, code)
+    assert.equal("won;false;2", out)
+    assert.equal("", err)
+  end)
+
   it("cancelling the caller cancels every child", function()
     sim(function()
       local done = 0

@@ -36,6 +36,12 @@ describe("error values", function()
     end)
   end)
 
+  it("keel.timeout raises a task's own \"timeout\" error rather than mistake it for its deadline", function()
+    sim(function()
+      assert.same({ false, "timeout" }, { pcall(keel.timeout, 100, raiser("timeout", 0)) })
+    end)
+  end)
+
   it("table, number, boolean and nil errors keep their identity through join, keel.timeout and keel.all", function()
     sim(function()
       local e = { code = 42 }
