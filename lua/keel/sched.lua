@@ -858,7 +858,7 @@ end
 function sched.add_shutdown(w, fn, deadline_ms)
   -- (a callable table has no source line)
   local info = type(fn) == "function" and debug.getinfo(fn, "S")
-  local where = info and (info.short_src .. ":" .. info.linedefined) or tostring(fn)
+  local where = info and (info.short_src .. ":" .. info.linedefined) or describe(fn)
   local handlers = w.shutdown_handlers
   handlers[#handlers + 1] = { fn = fn, deadline = deadline_ms, where = where, n = #handlers + 1 }
 end
