@@ -1,5 +1,6 @@
 /* The keel command: the first host of the embedding API (keel.h). */
 #include "keel.h"
+#include <uv.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>

@@ -32,3 +32,13 @@ describe("embedding (examples/embed/host.c)", function()
     assert.matches("lua handled 2000 events, total 20010000", out)
   end)
 end)
+
+describe("embedding API edges (spec/c/test_embed_api.c)", function()
+  local ctest = dofile(root .. "/spec/c/ctest.lua")
+  it("fails cleanly on a raising top level, a finished run, NULL names; frees without running the host's loop "
+    .. "and closes a Redis client with a request outstanding", function()
+    local ok, out = ctest.run_host("test_embed_api")
+    assert.is_true(ok, out)
+    assert.matches("all ok", out)
+  end)
+end)

@@ -13,7 +13,13 @@
  * keel_post, a runtime is used from the thread that runs its loop. */
 #include <stddef.h>
 #include <stdint.h>
-#include <uv.h>
+
+/* The libuv loop type, declared rather than included: <uv.h> needs POSIX
+ * feature macros (_GNU_SOURCE or _POSIX_C_SOURCE) that a host compiling with
+ * plain -std=c11 has not set. A host that drives the loop includes <uv.h>
+ * itself; C11 allows the same typedef twice. */
+struct uv_loop_s;
+typedef struct uv_loop_s uv_loop_t;
 
 #ifdef __cplusplus
 extern "C" {

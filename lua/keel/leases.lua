@@ -12,6 +12,7 @@ local check = require "keel.check"
 local metrics = require "keel.metrics"
 local sched = require "keel.sched"
 local keyarg = require "keel.keyarg"
+local cmem = require "keel.cmem"
 
 local type, tostring, getmetatable, setmetatable, error = type, tostring, getmetatable, setmetatable, error
 local huge = math.huge
@@ -44,8 +45,10 @@ local function new(opts)
   local w = sched.world()
   local l = C.keel_leases_new(max, w.clock, Ccore.keel_rand_next(w.rand))
   if l == nil then error(F .. ": out of memory", 2) end
+  local bytes = C.keel_leases_stat(l, 7)
   local self = setmetatable({
-    handle = ffi.gc(l, C.keel_leases_free), clock = w.clock, name = name, ttl_ms = ttl, max = max,
+    handle = cmem.own(l, C.keel_leases_free, bytes), cbytes = bytes,
+    clock = w.clock, name = name, ttl_ms = ttl, max = max,
     owners = {},  -- owner per C slot (slot + 1), so owners need no C storage
     waiters = {}, -- key -> { head, tail, [i] = rec }
     timers = {},  -- key -> { handle, at }: only for keys with waiters
