@@ -311,15 +311,24 @@ static int setup_paths(keel_runtime *rt, const char *root) {
     return 0;
 }
 
+/* Never 0 (which asks for a random seed) and never above KEEL_SEED_MAX. */
 static uint64_t random_seed(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return ((uint64_t)ts.tv_sec * 1000000007ULL) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    uint64_t x = ((uint64_t)ts.tv_sec * 1000000007ULL) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    x ^= x >> 33; /* mix the high bits in before the modulo */
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return 1 + x % KEEL_SEED_MAX;
 }
 
 keel_runtime *keel_new(const keel_options *opts) {
     keel_options defaults = { 0 };
     if (!opts) opts = &defaults;
+    if (opts->seed > KEEL_SEED_MAX) {
+        fprintf(stderr, "keel: seed %llu is out of range (0..%llu)\n", (unsigned long long)opts->seed, KEEL_SEED_MAX);
+        return NULL;
+    }
     keel_runtime *rt = calloc(1, sizeof *rt);
     if (!rt) return NULL;
     rt->boot_ref = LUA_NOREF;

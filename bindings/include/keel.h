@@ -27,10 +27,15 @@ extern "C" {
 
 typedef struct keel_runtime keel_runtime;
 
+/* Seeds have at most 14 decimal digits, so that Lua's print shows them
+ * exactly (keel.seed()) and a run can be replayed with keel --sim SEED. */
+#define KEEL_SEED_MAX 99999999999999ULL
+
 typedef struct keel_options {
     uv_loop_t *loop;      /* NULL: the runtime creates and owns a loop */
     int sim;              /* non-zero: virtual time (as keel --sim) */
-    uint64_t seed;        /* PRNG seed; 0 in real time picks a random one */
+    uint64_t seed;        /* PRNG seed, 0..KEEL_SEED_MAX (keel_new fails above); 0 in
+                             real time picks a random one, which keel.seed() reports */
     const char *lua_root; /* directory holding lua/keel; NULL: found from the executable */
     int run_to_completion; /* non-zero (the CLI): the run ends with code 0 once every
                               task has finished and no timer is armed, and with code 1
@@ -60,6 +65,9 @@ const char *keel_error(const keel_runtime *rt);
  * arg[0] = path, arg[1..argc] = argv). Returns 0, or -1 (see keel_error). */
 int keel_load_file(keel_runtime *rt, const char *path, int argc, char **argv);
 int keel_load_string(keel_runtime *rt, const char *code, const char *chunkname);
+/* keel_load_string with `arg` set (arg[0] = chunkname without its leading
+ * '=' or '@', arg[1..argc] = argv) and argv as the chunk's `...`. */
+int keel_load_string_args(keel_runtime *rt, const char *code, const char *chunkname, int argc, char **argv);
 /* require(module) and store the result in the global of the same name (dots
  * become underscores). Returns 0 or -1. */
 int keel_require(keel_runtime *rt, const char *module);
