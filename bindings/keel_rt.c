@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <limits.h>
+#include <dlfcn.h>
 
 enum { ST_WAITING = 0, ST_READY = 1, ST_DONE = 2, ST_STUCK = 3, ST_EXIT = 4 };
 
@@ -277,23 +278,41 @@ int keel_post(keel_runtime *rt, const char *name, const char *payload, size_t le
 
 static int file_exists(const char *path) { return access(path, R_OK) == 0; }
 
-/* Installed layout: <prefix>/bin/keel + <prefix>/share/keel/lua/keel/init.lua.
- * Build tree: <src>/build/keel + <src>/lua/keel/init.lua. */
-static int find_lua_root(char *out, size_t size) {
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return -1;
-    exe[n] = '\0';
-    char *slash = strrchr(exe, '/');
-    if (!slash) return -1;
-    *slash = '\0';
+/* Probes <dir><candidate>/lua/keel/init.lua for the usual layouts. */
+static int probe_lua_root(const char *dir, char *out, size_t size) {
     char probe[PATH_MAX + 64];
     const char *candidates[] = { "/../share/keel", "/..", "/../.." };
     for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
-        snprintf(probe, sizeof probe, "%s%s/lua/keel/init.lua", exe, candidates[i]);
+        snprintf(probe, sizeof probe, "%s%s/lua/keel/init.lua", dir, candidates[i]);
         if (file_exists(probe)) {
-            snprintf(out, size, "%s%s", exe, candidates[i]);
+            snprintf(out, size, "%s%s", dir, candidates[i]);
             return 0;
+        }
+    }
+    return -1;
+}
+
+/* Installed layout: <prefix>/bin/keel or <prefix>/lib/libkeel.so, with
+ * <prefix>/share/keel/lua/keel/init.lua. Build tree: <src>/build/keel +
+ * <src>/lua/keel/init.lua. The executable's directory is tried first, then
+ * that of the object holding this code (libkeel.so for a shared host). */
+static int find_lua_root(char *out, size_t size) {
+    char path[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n > 0) {
+        path[n] = '\0';
+        char *slash = strrchr(path, '/');
+        if (slash) {
+            *slash = '\0';
+            if (probe_lua_root(path, out, size) == 0) return 0;
+        }
+    }
+    Dl_info info;
+    if (dladdr((void *)find_lua_root, &info) && info.dli_fname && realpath(info.dli_fname, path)) {
+        char *slash = strrchr(path, '/');
+        if (slash) {
+            *slash = '\0';
+            if (probe_lua_root(path, out, size) == 0) return 0;
         }
     }
     return -1;
@@ -378,7 +397,8 @@ keel_runtime *keel_new(const keel_options *opts) {
     char root[PATH_MAX];
     if (opts->lua_root) snprintf(root, sizeof root, "%s", opts->lua_root);
     else if (find_lua_root(root, sizeof root) != 0) {
-        fprintf(stderr, "keel: cannot find the Lua modules (lua/keel/init.lua) next to the executable\n");
+        fprintf(stderr, "keel: cannot find the Lua modules (lua/keel/init.lua) next to the executable or libkeel; "
+                        "set keel_options.lua_root (pkg-config --variable=luaroot keel)\n");
         keel_free(rt);
         return NULL;
     }
