@@ -337,11 +337,13 @@ describe("keel CLI", function()
         'local keel = require "keel"; print(keel.seed(), keel.sim({ seed = 99999999999999 }, keel.seed))' })
       assert.equal(0, code, err)
       assert.equal("99999999999999\t99999999999999\n", out)
+      local _
       code, _, err = proc.run({ "--sim", "100000000000000", "-e", "" })
       assert.equal(2, code)
       assert.matches("SEED must be a non%-negative integer of at most 14 digits", err)
       code, _, err = proc.run({ "--sim", "18446744073709551615", "-e", "" })
       assert.equal(2, code)
+      assert.matches("SEED must be a non%-negative integer of at most 14 digits", err)
       code, out, err = proc.run({ "-e", 'local keel = require "keel"; '
         .. 'io.write(tostring(select(2, pcall(keel.sim, { seed = 1e14 }, keel.seed))))' })
       assert.equal(0, code, err)

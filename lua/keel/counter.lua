@@ -1,6 +1,5 @@
 -- keel.counter: a striped counter host threads may add to concurrently (see
 -- runtime/keel_counter.h). Lua adds go to shard 0 through the FFI.
-local ffi = require "ffi"
 local C = require "keel.ffi.counter"
 local check = require "keel.check"
 local metrics = require "keel.metrics"

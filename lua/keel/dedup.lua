@@ -1,7 +1,6 @@
 -- keel.dedup: "have I processed this message already?" for idempotent
 -- consumers, bounded by max keys (second-chance eviction over mark order) and
 -- an optional TTL (runtime/keel_dedup.h).
-local ffi = require "ffi"
 local C = require "keel.ffi.dedup"
 local Ccore = require "keel.ffi.core"
 local check = require "keel.check"

@@ -5,7 +5,6 @@
 -- order. When a lease is released, or found expired by the per-key timer that
 -- exists only while someone waits, the lease is granted directly to the
 -- longest waiter still waiting, so a newcomer cannot overtake the queue.
-local ffi = require "ffi"
 local C = require "keel.ffi.leases"
 local Ccore = require "keel.ffi.core"
 local check = require "keel.check"
