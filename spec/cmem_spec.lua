@@ -23,9 +23,12 @@ for _ = 1, rounds do
   if kind == "dedup" then
     local d = keel.dedup({ max = 100000 })
     for k = 1, 100000 do d:seen(keys[k]) end
-  else
+  elseif kind == "registry" then
     local r = keel.registry({ max = 100000 })
     for k = 1, 100000 do r:bind(keys[k], "gw") end
+  else
+    local l = keel.leases({ max = 100000 })
+    for k = 1, 100000 do l:acquire(keys[k], 1) end
   end
   peak = math.max(peak, rss_mib())
 end
@@ -37,7 +40,7 @@ io.write(string.format("%.1f", peak - base))
 local PREFIX = "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=4"
 
 describe("C memory of dropped objects", function()
-  for _, kind in ipairs({ "dedup", "registry" }) do
+  for _, kind in ipairs({ "dedup", "registry", "leases" }) do
     it("is reclaimed for 30 dropped " .. kind .. " objects of 100k keys on a small Lua heap", function()
       -- each object holds about 7 MiB of C memory: 200 MiB if none were freed
       local path = os.tmpname()

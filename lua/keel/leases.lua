@@ -46,7 +46,7 @@ local function new(opts)
   if l == nil then error(F .. ": out of memory", 2) end
   local bytes = C.keel_leases_stat(l, 7)
   local self = setmetatable({
-    handle = cmem.own(l, C.keel_leases_free, bytes), cbytes = bytes,
+    handle = cmem.own(l, C.keel_leases_free, bytes), cbytes = bytes, unsynced = 0,
     clock = w.clock, name = name, ttl_ms = ttl, max = max,
     owners = {},  -- owner per C slot (slot + 1), so owners need no C storage
     waiters = {}, -- key -> { head, tail, [i] = rec }
@@ -185,7 +185,16 @@ function Leases:acquire(key, owner, opts)
   if self.waiters[key] then handoff(self, key) end
   local h = self.handle
   local token = self.waiters[key] and 0 or C.keel_leases_acquire(h, key, #key, ttl)
-  if token > 0 then return grant(self, key, owner, token) end
+  if token > 0 then
+    -- now and then, charge what the table grew (keel.cmem)
+    local n = self.unsynced + 1
+    if n >= cmem.SYNC_EVERY then
+      n = 0
+      cmem.sync(self, C.keel_leases_stat(h, 7))
+    end
+    self.unsynced = n
+    return grant(self, key, owner, token)
+  end
   if token == -1 then return nil, "full" end
   if token < 0 then error(F .. ": out of memory", 2) end
   if wait_ms == nil then return nil, "held" end
