@@ -40,7 +40,8 @@ function cmem.closing() closing = true end
 function cmem.charge(bytes)
   if bytes > 0 then
     debt = debt + bytes
-    if debt >= STEP_BYTES then
+    -- no collector steps while the state closes: lua_close runs the finalizers
+    if debt >= STEP_BYTES and not closing then
       local kb = math.floor(debt / 1024)
       debt = 0
       collectgarbage("step", kb)
