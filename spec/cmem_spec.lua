@@ -40,6 +40,12 @@ io.write(string.format("%.1f", peak - base))
 local PREFIX = "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=4"
 
 describe("C memory of dropped objects", function()
+  -- These tests block the runner for seconds (child processes, compilers).
+  -- The world clock is refreshed once per scheduler turn, so a later spec
+  -- that starts with a real-time deadline (leases_spec: a 10 s lease, then a
+  -- 1 ms wait) would compute it from a time seconds old and see it expire
+  -- at once. keel.now() refreshes it.
+  teardown(function() require("keel").now() end)
   for _, kind in ipairs({ "dedup", "registry", "leases" }) do
     it("is reclaimed for 30 dropped " .. kind .. " objects of 100k keys on a small Lua heap", function()
       -- each object holds about 7 MiB of C memory: 200 MiB if none were freed

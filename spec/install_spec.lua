@@ -12,6 +12,11 @@ local function sh(cmd)
 end
 
 describe("an installed Keel", function()
+  -- These tests block the runner for seconds (child processes, compilers).
+  -- The world clock is refreshed once per scheduler turn, so a later spec
+  -- that starts with a real-time deadline (leases_spec: a 10 s lease, then a
+  -- 1 ms wait) would compute it from a time seconds old and see it expire
+  -- at once. keel.now() refreshes it (teardown below).
   local prefix, pc
   local san = build:match("asan") and "-fsanitize=address,undefined -fno-omit-frame-pointer" or ""
 
@@ -26,6 +31,7 @@ describe("an installed Keel", function()
 
   teardown(function()
     if prefix then os.execute("rm -rf '" .. prefix .. "'") end
+    require("keel").now()
   end)
 
   local function build_host(pkg, static)
