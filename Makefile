@@ -88,7 +88,7 @@ bench: .deps-ok all
 # keel-static.pc the archive, whole (the FFI looks up symbols that no C code
 # references, so the linker would drop them) and with the executable's
 # symbols exported. Written at install time, for the prefix installed to.
-PC_LIBS_PRIVATE = $(PKG_LIBS) -lsqlite3 -lm -lpthread -ldl
+PC_LIBS_PRIVATE = $(LIBS)
 PC_HEAD = 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' \
           'luaroot=$${prefix}/share/keel' '' 'Version: 0.1.0' 'Cflags: -I$${includedir}'
 
