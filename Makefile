@@ -22,7 +22,7 @@ DEPS_PKGS = build-essential pkg-config luajit2 libluajit2-5.1-dev libuv1-dev lib
             libsqlite3-dev lua-busted lua-check redis-server
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps run test asan lint bench install clean examples
+.PHONY: all deps run test asan lint bench install clean examples FORCE
 
 all: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/embed-host
 
@@ -55,9 +55,10 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	else echo "deps: all present"; fi
 
-.deps-ok:
-	@$(MAKE) --no-print-directory deps
-	@touch $@
+# The marker holds the package list it was made for: after a pull that
+# changes DEPS_PKGS, the next build installs what is new.
+.deps-ok: FORCE
+	@echo '$(DEPS_PKGS)' | cmp -s - $@ || { $(MAKE) --no-print-directory deps && echo '$(DEPS_PKGS)' > $@; }
 
 run: .deps-ok all
 	$(BUILD)/keel examples/pipeline.lua
@@ -83,13 +84,27 @@ lint: .deps-ok
 bench: .deps-ok all
 	$(BUILD)/keel bench/run.lua
 
+# pkg-config files for hosts (README "Embedding"): keel.pc links libkeel.so,
+# keel-static.pc the archive, whole (the FFI looks up symbols that no C code
+# references, so the linker would drop them) and with the executable's
+# symbols exported. Written at install time, for the prefix installed to.
+PC_LIBS_PRIVATE = $(LIBS)
+PC_HEAD = 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' \
+          'luaroot=$${prefix}/share/keel' '' 'Version: 0.1.0' 'Cflags: -I$${includedir}'
+
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
 	  $(DESTDIR)$(PREFIX)/share/keel/lua
 	install -m 755 $(BUILD)/keel $(DESTDIR)$(PREFIX)/bin/keel
 	install -m 644 $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 bindings/include/keel.h $(DESTDIR)$(PREFIX)/include/keel.h
 	cp -R lua/keel bindings/lua/keel $(DESTDIR)$(PREFIX)/share/keel/lua/
+	printf '%s\n' $(PC_HEAD) 'Name: keel' 'Description: Keel runtime, embedding API (keel.h), shared library' \
+	  'Libs: -L$${libdir} -Wl,-rpath,$${libdir} -lkeel -Wl,--export-dynamic' \
+	  'Libs.private: $(PC_LIBS_PRIVATE)' > $(DESTDIR)$(PREFIX)/lib/pkgconfig/keel.pc
+	printf '%s\n' $(PC_HEAD) 'Name: keel-static' 'Description: Keel runtime, embedding API (keel.h), static archive' \
+	  'Libs: -Wl,--export-dynamic -Wl,--whole-archive $${libdir}/libkeel.a -Wl,--no-whole-archive' \
+	  'Libs.private: $(PC_LIBS_PRIVATE)' > $(DESTDIR)$(PREFIX)/lib/pkgconfig/keel-static.pc
 
 clean:
 	rm -rf build build-asan .deps-ok

@@ -1,5 +1,6 @@
 /* The keel command: the first host of the embedding API (keel.h). */
 #include "keel.h"
+#include <uv.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -10,9 +11,11 @@
 
 static const char USAGE[] =
     "usage: keel [options] [script.lua [args...]]\n"
-    "  -e CODE        run CODE as the main task\n"
+    "  -e CODE        run CODE as the main task; the arguments after it are its\n"
+    "                 arg[1..n] and ... (arg[0] is \"(command line)\")\n"
     "  --sim SEED     virtual time: the clock jumps to the next deadline whenever\n"
-    "                 nothing is runnable; SEED replays every random choice\n"
+    "                 nothing is runnable; SEED (0..99999999999999, what\n"
+    "                 keel.seed() printed) replays every random choice\n"
     "  -v, --version  print the version\n"
     "  -h, --help     print this help\n"
     "exit codes: 0 success, 1 uncaught error, 2 usage error, 130/143 on SIGINT/SIGTERM\n";
@@ -68,7 +71,7 @@ static int parse_seed(const char *s, uint64_t *out) {
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-') return -1;
+    if (errno || end == s || *end || s[0] == '-' || v > KEEL_SEED_MAX) return -1;
     *out = (uint64_t)v;
     return 0;
 }
@@ -91,7 +94,8 @@ int main(int argc, char **argv) {
             code = argv[i];
         } else if (strcmp(a, "--sim") == 0) {
             if (++i >= argc) return usage_error("%s needs a SEED argument", "--sim");
-            if (parse_seed(argv[i], &seed) != 0) return usage_error("--sim: SEED must be a non-negative integer (got '%s')", argv[i]);
+            if (parse_seed(argv[i], &seed) != 0) return usage_error("--sim: SEED must be a non-negative integer of at most 14 digits "
+                                                                          "(0..99999999999999, got '%s')", argv[i]);
             sim = 1;
         } else if (strcmp(a, "--") == 0) {
             i++;
@@ -126,14 +130,17 @@ int main(int argc, char **argv) {
     /* A signal that arrived before the loop could hear it is not lost. */
     if (signals_seen) uv_async_send(&async);
 
-    int rc = code ? keel_load_string(rt, code, "=(command line)")
+    int rc = code ? keel_load_string_args(rt, code, "=(command line)", argc - i, argv + i)
                   : keel_load_file(rt, script, argc - i, argv + i);
     if (rc != 0) {
-        fprintf(stderr, "keel: %s\n", keel_error(rt));
+        /* a top level that raised ended the run and was reported already */
+        int exit_code = keel_done(rt) ? keel_exit_code(rt) : 1;
+        if (!keel_done(rt)) fprintf(stderr, "keel: %s\n", keel_error(rt));
         shutdown_async = NULL;
         uv_close((uv_handle_t *)&async, NULL);
+        fflush(stdout);
         keel_free(rt);
-        return 1;
+        return exit_code ? exit_code : 1;
     }
 
     int exit_code = keel_run(rt);

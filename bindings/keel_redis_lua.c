@@ -45,6 +45,8 @@ typedef struct {
     keel_redis_t *r;     /* NULL once closed */
     keel_runtime *rt;
     int dead;            /* the Lua side is gone: drop replies */
+    keel_redis_t *closing_r; /* after close(): the client until on_free */
+    keel_closer *closer;     /* abandons closing_r if the runtime is freed first */
     /* Replies wait in the inbox (id, value, error triples) until the end of
      * the read that produced them; then one Lua call hands them all to
      * their tasks instead of one protected call per reply. */
@@ -301,6 +303,7 @@ static void on_push(void *ud, const redisReply *rep) {
 
 static void on_free(void *ud) {
     glue_t *g = ud;
+    if (g->closer) keel_rt_remove_closer(g->rt, g->closer);
     if (!g->dead) {
         lua_State *L = keel_rt_state(g->rt);
         luaL_unref(L, LUA_REGISTRYINDEX, g->inbox_ref);
@@ -378,6 +381,15 @@ static int l_gc(lua_State *L) {
     return 0;
 }
 
+/* The runtime is being freed before a closed client's deferred teardown
+ * fired: tear it down now, telling no one (the Lua state is gone). */
+static void abandon_closed(void *ud) {
+    glue_t *g = ud;
+    g->closer = NULL;
+    g->dead = 1;
+    keel_redis_abandon(g->closing_r); /* frees g through on_free */
+}
+
 static int l_close(lua_State *L) {
     glue_t **p = luaL_checkudata(L, 1, CONN_MT);
     glue_t *g = *p;
@@ -385,6 +397,8 @@ static int l_close(lua_State *L) {
      * "closed" failures of outstanding requests */
     *p = NULL;
     if (g && g->r) {
+        g->closing_r = g->r;
+        g->closer = keel_rt_add_closer(g->rt, abandon_closed, g);
         keel_redis_close(g->r);
         g->r = NULL;
     }

@@ -7,6 +7,7 @@
  * directly after I/O completions. */
 #include "keel.h"
 #include "keel_rt.h"
+#include "keel_reclaim.h"
 #include <lauxlib.h>
 #include <lualib.h>
 #include <math.h>
@@ -17,8 +18,26 @@
 #include <time.h>
 #include <unistd.h>
 #include <limits.h>
+#include <dlfcn.h>
 
 enum { ST_WAITING = 0, ST_READY = 1, ST_DONE = 2, ST_STUCK = 3, ST_EXIT = 4, ST_PARKED = 5 };
+
+/* The runtime's own loop handles live apart from it: on a host-owned loop
+ * keel_free must not run the host's loop (its callbacks would fire in the
+ * middle of the free), so the handles finish closing whenever the host runs
+ * its loop next, and free this block themselves. */
+typedef struct rt_handles {
+    uv_idle_t idle;
+    uv_timer_t timer;
+    uv_async_t async;
+    int open;
+} rt_handles;
+
+struct keel_closer {
+    struct keel_closer *prev, *next;
+    void (*fn)(void *ud);
+    void *ud;
+};
 
 typedef struct event_node {
     struct event_node *next;
@@ -35,12 +54,13 @@ struct keel_runtime {
     keel_rand_t rand;
     uint64_t seed;
     int boot_ref; /* the table returned by keel.boot */
-    uv_idle_t idle;
-    uv_timer_t timer;
-    uv_async_t async;
+    rt_handles *h;
     pthread_mutex_t events_lock;
     event_node *events_head, *events_tail;
-    int closing;
+    int closing;       /* keel_free has begun: keel_post refuses (under events_lock) */
+    int posts_closed;  /* the run has ended: keel_post refuses (under events_lock) */
+    keel_reclaim_t *reclaim; /* C objects finalized while the Lua state closes */
+    keel_closer closers;     /* list head: run by keel_free after the Lua state closed */
     int running, finished, exit_code, run_to_completion;
     int in_tick;
     char error[1024];
@@ -124,8 +144,12 @@ static int call_lua(keel_runtime *rt, int nargs, int nresults) {
 static void finish(keel_runtime *rt, int code) {
     rt->finished = 1;
     rt->exit_code = code;
-    uv_idle_stop(&rt->idle);
-    uv_timer_stop(&rt->timer);
+    /* an event posted from now on would never run: refuse it */
+    pthread_mutex_lock(&rt->events_lock);
+    rt->posts_closed = 1;
+    pthread_mutex_unlock(&rt->events_lock);
+    uv_idle_stop(&rt->h->idle);
+    uv_timer_stop(&rt->h->timer);
     if (rt->running) uv_stop(rt->loop);
 }
 
@@ -136,7 +160,7 @@ static void on_timer(uv_timer_t *h) { tick(h->data); }
 
 /* Something made a task runnable outside a tick: run one soon. */
 static void schedule(keel_runtime *rt) {
-    if (!rt->finished && !rt->in_tick) uv_idle_start(&rt->idle, on_idle);
+    if (!rt->finished && !rt->in_tick && !rt->closing) uv_idle_start(&rt->h->idle, on_idle);
 }
 
 static void tick(keel_runtime *rt) {
@@ -156,40 +180,40 @@ static void tick(keel_runtime *rt) {
      * events handle, unref'd in a run-to-completion run, then keeps the loop
      * polling for them instead of letting it run dry into "deadlock". */
     if (rt->run_to_completion) {
-        if (state == ST_PARKED) uv_ref((uv_handle_t *)&rt->async);
-        else uv_unref((uv_handle_t *)&rt->async);
+        if (state == ST_PARKED) uv_ref((uv_handle_t *)&rt->h->async);
+        else uv_unref((uv_handle_t *)&rt->h->async);
     }
     switch (state) {
     case ST_READY:
-        uv_idle_start(&rt->idle, on_idle);
+        uv_idle_start(&rt->h->idle, on_idle);
         break;
     case ST_WAITING:
-        uv_idle_stop(&rt->idle);
+        uv_idle_stop(&rt->h->idle);
         if (next >= 0) {
             double now = keel_clock_update(&rt->clock);
             double wait = rt->clock.is_virtual ? 1.0 : ceil(next - now);
             if (wait < 0) wait = 0;
             if (wait > (double)UINT32_MAX) wait = (double)UINT32_MAX;
-            uv_timer_start(&rt->timer, on_timer, (uint64_t)wait, 0);
+            uv_timer_start(&rt->h->timer, on_timer, (uint64_t)wait, 0);
         } else {
-            uv_timer_stop(&rt->timer);
+            uv_timer_stop(&rt->h->timer);
         }
         break;
     case ST_EXIT:
         finish(rt, code);
         break;
     case ST_DONE:
-        uv_idle_stop(&rt->idle);
-        uv_timer_stop(&rt->timer);
+        uv_idle_stop(&rt->h->idle);
+        uv_timer_stop(&rt->h->timer);
         if (rt->run_to_completion) finish(rt, code);
         break;
     case ST_PARKED:
-        uv_idle_stop(&rt->idle);
-        uv_timer_stop(&rt->timer);
+        uv_idle_stop(&rt->h->idle);
+        uv_timer_stop(&rt->h->timer);
         break;
     case ST_STUCK:
-        uv_idle_stop(&rt->idle);
-        uv_timer_stop(&rt->timer);
+        uv_idle_stop(&rt->h->idle);
+        uv_timer_stop(&rt->h->timer);
         if (rt->run_to_completion) {
             fprintf(stderr, "keel: deadlock: %d task(s) are waiting and nothing can wake them\n", alive);
             finish(rt, 1);
@@ -249,14 +273,14 @@ int keel_post(keel_runtime *rt, const char *name, const char *payload, size_t le
     if (len) memcpy(n->data + name_len + 1, payload, len);
     n->data[name_len + 1 + len] = '\0';
     pthread_mutex_lock(&rt->events_lock);
-    if (rt->closing) {
+    if (rt->closing || rt->posts_closed) {
         pthread_mutex_unlock(&rt->events_lock);
         free(n);
         return -1;
     }
     if (rt->events_tail) rt->events_tail->next = n; else rt->events_head = n;
     rt->events_tail = n;
-    int rc = uv_async_send(&rt->async);
+    int rc = uv_async_send(&rt->h->async);
     pthread_mutex_unlock(&rt->events_lock);
     return rc == 0 ? 0 : -1;
 }
@@ -265,23 +289,41 @@ int keel_post(keel_runtime *rt, const char *name, const char *payload, size_t le
 
 static int file_exists(const char *path) { return access(path, R_OK) == 0; }
 
-/* Installed layout: <prefix>/bin/keel + <prefix>/share/keel/lua/keel/init.lua.
- * Build tree: <src>/build/keel + <src>/lua/keel/init.lua. */
-static int find_lua_root(char *out, size_t size) {
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return -1;
-    exe[n] = '\0';
-    char *slash = strrchr(exe, '/');
-    if (!slash) return -1;
-    *slash = '\0';
+/* Probes <dir><candidate>/lua/keel/init.lua for the usual layouts. */
+static int probe_lua_root(const char *dir, char *out, size_t size) {
     char probe[PATH_MAX + 64];
     const char *candidates[] = { "/../share/keel", "/..", "/../.." };
     for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
-        snprintf(probe, sizeof probe, "%s%s/lua/keel/init.lua", exe, candidates[i]);
+        snprintf(probe, sizeof probe, "%s%s/lua/keel/init.lua", dir, candidates[i]);
         if (file_exists(probe)) {
-            snprintf(out, size, "%s%s", exe, candidates[i]);
+            snprintf(out, size, "%s%s", dir, candidates[i]);
             return 0;
+        }
+    }
+    return -1;
+}
+
+/* Installed layout: <prefix>/bin/keel or <prefix>/lib/libkeel.so, with
+ * <prefix>/share/keel/lua/keel/init.lua. Build tree: <src>/build/keel +
+ * <src>/lua/keel/init.lua. The executable's directory is tried first, then
+ * that of the object holding this code (libkeel.so for a shared host). */
+static int find_lua_root(char *out, size_t size) {
+    char path[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n > 0) {
+        path[n] = '\0';
+        char *slash = strrchr(path, '/');
+        if (slash) {
+            *slash = '\0';
+            if (probe_lua_root(path, out, size) == 0) return 0;
+        }
+    }
+    Dl_info info;
+    if (dladdr((void *)find_lua_root, &info) && info.dli_fname && realpath(info.dli_fname, path)) {
+        char *slash = strrchr(path, '/');
+        if (slash) {
+            *slash = '\0';
+            if (probe_lua_root(path, out, size) == 0) return 0;
         }
     }
     return -1;
@@ -299,15 +341,24 @@ static int setup_paths(keel_runtime *rt, const char *root) {
     return 0;
 }
 
+/* Never 0 (which asks for a random seed) and never above KEEL_SEED_MAX. */
 static uint64_t random_seed(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return ((uint64_t)ts.tv_sec * 1000000007ULL) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    uint64_t x = ((uint64_t)ts.tv_sec * 1000000007ULL) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    x ^= x >> 33; /* mix the high bits in before the modulo */
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return 1 + x % KEEL_SEED_MAX;
 }
 
 keel_runtime *keel_new(const keel_options *opts) {
     keel_options defaults = { 0 };
     if (!opts) opts = &defaults;
+    if (opts->seed > KEEL_SEED_MAX) {
+        fprintf(stderr, "keel: seed %llu is out of range (0..%llu)\n", (unsigned long long)opts->seed, KEEL_SEED_MAX);
+        return NULL;
+    }
     keel_runtime *rt = calloc(1, sizeof *rt);
     if (!rt) return NULL;
     rt->boot_ref = LUA_NOREF;
@@ -324,15 +375,27 @@ keel_runtime *keel_new(const keel_options *opts) {
     keel_rand_seed(&rt->rand, rt->seed);
     pthread_mutex_init(&rt->events_lock, NULL);
 
-    uv_idle_init(rt->loop, &rt->idle);
-    rt->idle.data = rt;
-    uv_timer_init(rt->loop, &rt->timer);
-    rt->timer.data = rt;
-    uv_async_init(rt->loop, &rt->async, on_async);
-    rt->async.data = rt;
+    rt->h = calloc(1, sizeof *rt->h);
+    rt->reclaim = keel_reclaim_new();
+    if (!rt->h || !rt->reclaim) {
+        free(rt->h);
+        keel_reclaim_free(rt->reclaim);
+        pthread_mutex_destroy(&rt->events_lock);
+        if (rt->owns_loop) uv_loop_close(rt->loop);
+        free(rt);
+        return NULL;
+    }
+    rt->closers.next = rt->closers.prev = &rt->closers;
+    uv_idle_init(rt->loop, &rt->h->idle);
+    rt->h->idle.data = rt;
+    uv_timer_init(rt->loop, &rt->h->timer);
+    rt->h->timer.data = rt;
+    uv_async_init(rt->loop, &rt->h->async, on_async);
+    rt->h->async.data = rt;
+    rt->h->open = 3;
     /* A host may post events at any time, so the async handle keeps its loop
      * alive; a run-to-completion run (the CLI) has no poster to wait for. */
-    if (rt->run_to_completion) uv_unref((uv_handle_t *)&rt->async);
+    if (rt->run_to_completion) uv_unref((uv_handle_t *)&rt->h->async);
 
     rt->L = luaL_newstate();
     if (!rt->L) { keel_free(rt); return NULL; }
@@ -345,7 +408,8 @@ keel_runtime *keel_new(const keel_options *opts) {
     char root[PATH_MAX];
     if (opts->lua_root) snprintf(root, sizeof root, "%s", opts->lua_root);
     else if (find_lua_root(root, sizeof root) != 0) {
-        fprintf(stderr, "keel: cannot find the Lua modules (lua/keel/init.lua) next to the executable\n");
+        fprintf(stderr, "keel: cannot find the Lua modules (lua/keel/init.lua) next to the executable or libkeel; "
+                        "set keel_options.lua_root (pkg-config --variable=luaroot keel)\n");
         keel_free(rt);
         return NULL;
     }
@@ -361,54 +425,93 @@ keel_runtime *keel_new(const keel_options *opts) {
     lua_pushlightuserdata(L, &rt->rand);
     lua_pushnumber(L, (lua_Number)rt->seed);
     lua_pushboolean(L, !opts->no_events);
-    if (call_lua(rt, 4, 0) != 0) { keel_free(rt); return NULL; }
+    lua_pushlightuserdata(L, rt->reclaim);
+    if (call_lua(rt, 5, 0) != 0) { keel_free(rt); return NULL; }
     return rt;
 }
 
-static void start_main(keel_runtime *rt, int nargs) {
-    /* stack: chunk, args... */
+/* Runs the chunk on the stack as the main task, with argv as its `...`.
+ * Returns 0, or -1 when its top level raised (or ended the run). */
+static int start_main(keel_runtime *rt, int argc, char **argv) {
+    lua_State *L = rt->L;
+    if (!lua_checkstack(L, argc + 8)) { lua_pop(L, 1); set_error(rt, "too many arguments"); return -1; }
+    for (int i = 0; i < argc; i++) lua_pushstring(L, argv[i]);
     push_boot_fn(rt, "start_main");
-    lua_insert(rt->L, -2 - nargs);
-    if (call_lua(rt, 1 + nargs, 0) != 0) { finish(rt, 1); return; }
+    lua_insert(L, -2 - argc);
+    if (call_lua(rt, 1 + argc, 0) != 0) { finish(rt, 1); return -1; }
     /* Run the script's top level now (up to its first wait), so a host can
      * call the functions it defines right after loading it. */
     tick(rt);
     schedule(rt);
+    push_boot_fn(rt, "main_error");
+    if (call_lua(rt, 0, 1) != 0) return -1;
+    const char *err = lua_tostring(L, -1);
+    if (err) set_error(rt, err);
+    lua_pop(L, 1);
+    if (err) return -1;
+    /* keel.exit() at the top level: the script ran, and the run is over */
+    return 0;
 }
 
-int keel_load_file(keel_runtime *rt, const char *path, int argc, char **argv) {
-    lua_State *L = rt->L;
-    if (luaL_loadfile(L, path) != 0) {
-        set_error(rt, lua_tostring(L, -1));
-        lua_pop(L, 1);
+/* Shared checks of the load functions; returns 0 when a chunk may start. */
+static int check_load(keel_runtime *rt, const char *fname, const void *what, int argc, char **argv) {
+    if (!rt) return -1;
+    if (!what) { snprintf(rt->error, sizeof rt->error, "%s: NULL script", fname); return -1; }
+    if (argc < 0 || (argc > 0 && !argv)) { snprintf(rt->error, sizeof rt->error, "%s: bad argc/argv", fname); return -1; }
+    for (int i = 0; i < argc; i++)
+        if (!argv[i]) { snprintf(rt->error, sizeof rt->error, "%s: argv[%d] is NULL", fname, i); return -1; }
+    if (rt->finished) {
+        snprintf(rt->error, sizeof rt->error, "%s: the run has ended (exit code %d): nothing more can run", fname,
+                 rt->exit_code);
         return -1;
     }
+    return 0;
+}
+
+/* Sets the global `arg` as lua does: arg[0] = name, arg[1..argc] = argv. */
+static void set_arg(lua_State *L, const char *name, int argc, char **argv) {
     lua_createtable(L, argc, 1);
-    lua_pushstring(L, path);
+    lua_pushstring(L, name);
     lua_rawseti(L, -2, 0);
     for (int i = 0; i < argc; i++) {
         lua_pushstring(L, argv[i]);
         lua_rawseti(L, -2, i + 1);
     }
     lua_setglobal(L, "arg");
-    if (!lua_checkstack(L, argc + 8)) { set_error(rt, "too many arguments"); lua_pop(L, 1); return -1; }
-    for (int i = 0; i < argc; i++) lua_pushstring(L, argv[i]);
-    start_main(rt, argc);
-    return 0;
 }
 
-int keel_load_string(keel_runtime *rt, const char *code, const char *chunkname) {
+int keel_load_file(keel_runtime *rt, const char *path, int argc, char **argv) {
+    if (check_load(rt, "keel_load_file", path, argc, argv) != 0) return -1;
     lua_State *L = rt->L;
-    if (luaL_loadbuffer(L, code, strlen(code), chunkname ? chunkname : "=(keel)") != 0) {
+    if (luaL_loadfile(L, path) != 0) {
         set_error(rt, lua_tostring(L, -1));
         lua_pop(L, 1);
         return -1;
     }
-    start_main(rt, 0);
-    return 0;
+    set_arg(L, path, argc, argv);
+    return start_main(rt, argc, argv);
+}
+
+int keel_load_string_args(keel_runtime *rt, const char *code, const char *chunkname, int argc, char **argv) {
+    if (check_load(rt, "keel_load_string", code, argc, argv) != 0) return -1;
+    lua_State *L = rt->L;
+    if (!chunkname) chunkname = "=(keel)";
+    if (luaL_loadbuffer(L, code, strlen(code), chunkname) != 0) {
+        set_error(rt, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    if (argc > 0 || argv) set_arg(L, chunkname[0] == '=' || chunkname[0] == '@' ? chunkname + 1 : chunkname, argc, argv);
+    return start_main(rt, argc, argv);
+}
+
+int keel_load_string(keel_runtime *rt, const char *code, const char *chunkname) {
+    return keel_load_string_args(rt, code, chunkname, 0, NULL);
 }
 
 int keel_require(keel_runtime *rt, const char *module) {
+    if (!rt) return -1;
+    if (!module) { set_error(rt, "keel_require: NULL module name"); return -1; }
     lua_State *L = rt->L;
     lua_getglobal(L, "require");
     lua_pushstring(L, module);
@@ -422,8 +525,13 @@ int keel_require(keel_runtime *rt, const char *module) {
 
 int keel_call(keel_runtime *rt, const char *fn, const keel_value *args, int nargs,
               keel_value *results, int max_results) {
+    if (!rt) return -1;
     lua_State *L = rt->L;
-    if (nargs < 0 || max_results < 0 || (nargs > 0 && !args)) { set_error(rt, "keel_call: bad arguments"); return -1; }
+    if (!fn) { set_error(rt, "keel_call: NULL function name"); return -1; }
+    if (nargs < 0 || max_results < 0 || (nargs > 0 && !args) || (max_results > 0 && !results)) {
+        set_error(rt, "keel_call: bad arguments");
+        return -1;
+    }
     int top = lua_gettop(L);
     lua_getglobal(L, fn);
     if (!lua_isfunction(L, -1)) {
@@ -512,26 +620,74 @@ static void close_walk(uv_handle_t *h, void *arg) {
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+static void on_handle_closed(uv_handle_t *h) {
+    rt_handles *hs = h->data;
+    if (--hs->open == 0) free(hs);
+}
+
+keel_closer *keel_rt_add_closer(keel_runtime *rt, void (*fn)(void *ud), void *ud) {
+    keel_closer *c = malloc(sizeof *c);
+    if (!c) return NULL;
+    c->fn = fn;
+    c->ud = ud;
+    c->next = rt->closers.next;
+    c->prev = &rt->closers;
+    c->next->prev = c;
+    rt->closers.next = c;
+    return c;
+}
+
+void keel_rt_remove_closer(keel_runtime *rt, keel_closer *c) {
+    (void)rt;
+    if (!c) return;
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    free(c);
+}
+
 void keel_free(keel_runtime *rt) {
     if (!rt) return;
     pthread_mutex_lock(&rt->events_lock);
     rt->closing = 1;
     pthread_mutex_unlock(&rt->events_lock);
     if (rt->L) {
+        /* From here the finalizers of Keel's C objects defer their frees to
+         * rt->reclaim, so user finalizers that still use them (q:push,
+         * keel.after in a __gc) find them alive. */
+        if (rt->boot_ref != LUA_NOREF) {
+            push_boot_fn(rt, "close");
+            call_lua(rt, 0, 0);
+        }
         /* Modules holding handles (redis) close them from their __gc. */
         lua_close(rt->L);
         rt->L = NULL;
     }
-    uv_close((uv_handle_t *)&rt->idle, NULL);
-    uv_close((uv_handle_t *)&rt->timer, NULL);
-    uv_close((uv_handle_t *)&rt->async, NULL);
+    keel_reclaim_free(rt->reclaim);
+    /* C objects that outlived their Lua handle (a closed Redis client whose
+     * deferred teardown has not fired) are released now: no Lua state is
+     * left to hear from them. */
+    while (rt->closers.next != &rt->closers) {
+        keel_closer *c = rt->closers.next;
+        c->prev->next = c->next;
+        c->next->prev = c->prev;
+        c->fn(c->ud);
+        free(c);
+    }
+    rt_handles *hs = rt->h;
+    hs->idle.data = hs->timer.data = hs->async.data = hs;
+    uv_close((uv_handle_t *)&hs->idle, on_handle_closed);
+    uv_close((uv_handle_t *)&hs->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&hs->async, on_handle_closed);
     if (rt->owns_loop) {
+        /* anything still open is closed, and every close callback (ours,
+         * the redis clients' teardown) runs before the loop is closed */
         uv_walk(rt->loop, close_walk, NULL);
         uv_run(rt->loop, UV_RUN_DEFAULT);
         uv_loop_close(rt->loop);
-    } else {
-        uv_run(rt->loop, UV_RUN_NOWAIT); /* lets our close callbacks run */
     }
+    /* A host-owned loop is not run here: the host's own callbacks must not
+     * fire inside keel_free. Our handles finish closing (and free their
+     * block) the next time the host runs its loop. */
     event_node *n = rt->events_head;
     while (n) { event_node *next = n->next; free(n); n = next; }
     pthread_mutex_destroy(&rt->events_lock);

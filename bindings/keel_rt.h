@@ -30,4 +30,12 @@ int keel_rt_complete(keel_runtime *rt, int64_t id, int nvals);
  * call instead of keel_rt_complete. */
 void keel_rt_schedule(keel_runtime *rt);
 
+/* Runs fn(ud) when the runtime is freed, after its Lua state has closed,
+ * unless removed before: for C objects that outlive their Lua handle (a
+ * closed Redis client waiting for its deferred teardown). Returns the
+ * registration for keel_rt_remove_closer, or NULL when out of memory. */
+typedef struct keel_closer keel_closer;
+keel_closer *keel_rt_add_closer(keel_runtime *rt, void (*fn)(void *ud), void *ud);
+void keel_rt_remove_closer(keel_runtime *rt, keel_closer *c);
+
 #endif

@@ -177,6 +177,13 @@ describe("keel CLI", function()
       assert.equal("true", out)
     end)
 
+    it("-e sets arg and ... from the arguments after CODE, as for a file (arg[0] is \"(command line)\")", function()
+      local code, out, err = proc.run({ "-e", 'io.write(arg[0], "|", #arg, "|", table.concat(arg, ","), "|", '
+        .. 'select("#", ...), "|", table.concat({ ... }, ","))', "a", "b c", "-v", "" })
+      assert.equal(0, code, err)
+      assert.equal("(command line)|4|a,b c,-v,|4|a,b c,-v,", out)
+    end)
+
     it("-e reports errors as (command line):line", function()
       local code, _, err = proc.eval('\nerror("from e")')
       assert.equal(1, code)
@@ -314,11 +321,73 @@ describe("keel CLI", function()
       assert.are_not.equal(a, b)
     end)
 
+    it("a real-time run's seed, printed by print(keel.seed()), replays the run with --sim", function()
+      local replay = 'local keel = require "keel"; print(keel.seed()); print(keel.random(), keel.random(1, 1e9))'
+      local code, out, err = proc.run({ "-e", replay })
+      assert.equal(0, code, err)
+      local seed = out:match("^(%S+)\n")
+      assert.matches("^%d+$", seed)
+      local code2, out2, err2 = proc.run({ "--sim", seed, "-e", replay })
+      assert.equal(0, code2, err2)
+      assert.equal(out, out2)
+    end)
+
+    it("one seed range everywhere: 0..99999999999999 for --sim and keel.sim, and nothing above", function()
+      local code, out, err = proc.run({ "--sim", "99999999999999", "-e",
+        'local keel = require "keel"; print(keel.seed(), keel.sim({ seed = 99999999999999 }, keel.seed))' })
+      assert.equal(0, code, err)
+      assert.equal("99999999999999\t99999999999999\n", out)
+      local _
+      code, _, err = proc.run({ "--sim", "100000000000000", "-e", "" })
+      assert.equal(2, code)
+      assert.matches("SEED must be a non%-negative integer of at most 14 digits", err)
+      code, _, err = proc.run({ "--sim", "18446744073709551615", "-e", "" })
+      assert.equal(2, code)
+      assert.matches("SEED must be a non%-negative integer of at most 14 digits", err)
+      code, out, err = proc.run({ "-e", 'local keel = require "keel"; '
+        .. 'io.write(tostring(select(2, pcall(keel.sim, { seed = 1e14 }, keel.seed))))' })
+      assert.equal(0, code, err)
+      assert.matches("keel.sim: option 'seed' must be an integer in %[0, 99999999999999%]", out)
+    end)
+
     it("detects a deadlock in virtual time", function()
       local code, _, err = proc.run({ "--sim", "1", "-e",
         'local k = require "keel"; k.sleep(1e6); k.channel(0):recv()' })
       assert.equal(1, code)
       assert.matches("deadlock", err)
+    end)
+  end)
+
+  describe("finalizers at exit", function()
+    -- LuaJIT runs every cdata finalizer (Keel's C objects) before the
+    -- userdata finalizers when the state closes: a user's __gc that pushes
+    -- to a queue or arms a timer must still find them (ASan build: no
+    -- heap-use-after-free).
+    it("a userdata or cdata __gc may use a queue and keel.after while the process exits", function()
+      local code, out, err = proc.run({ "-e", [[
+        local ffi = require "ffi"
+        local keel = require "keel"
+        local q = keel.queue()
+        local d = keel.dedup()
+        local u = newproxy(true)
+        getmetatable(u).__gc = function()
+          q:push("from userdata")
+          keel.after(1000, function() end)
+          d:seen("u")
+          io.write("userdata: ", tostring(q:stats().ready), " ", tostring(d:seen("u")), "\n")
+        end
+        _G.keep_u = u
+        _G.keep_c = ffi.gc(ffi.new("int[1]"), function()
+          q:push("from cdata")
+          keel.after(1000, function() end)
+          d:seen("c")
+          io.write("cdata: ", tostring(d:seen("c")), "\n")
+        end)
+        for i = 1, 100 do q:push(i) end
+      ]] })
+      assert.equal(0, code, err)
+      assert.matches("userdata: 10%d true", out)
+      assert.matches("cdata: true", out)
     end)
   end)
 

@@ -10,6 +10,12 @@ local function run(cmd)
 end
 
 describe("embedding (examples/embed/host.c)", function()
+  -- These tests block the runner for seconds (child processes, compilers).
+  -- The world clock is refreshed once per scheduler turn, so a later spec
+  -- that starts with a real-time deadline (leases_spec: a 10 s lease, then a
+  -- 1 ms wait) would compute it from a time seconds old and see it expire
+  -- at once. keel.now() refreshes it.
+  teardown(function() require("keel").now() end)
   it("calls Lua functions, runs posted events as tasks, and exits cleanly", function()
     local out, code = run(build .. "/embed-host 7")
     assert.equal(0, code, out)
@@ -30,5 +36,16 @@ describe("embedding (examples/embed/host.c)", function()
     local out, code = run(build .. "/embed-host 2000")
     assert.equal(0, code, out)
     assert.matches("lua handled 2000 events, total 20010000", out)
+  end)
+end)
+
+describe("embedding API edges (spec/c/test_embed_api.c)", function()
+  teardown(function() require("keel").now() end) -- as above: refresh the clock
+  local ctest = dofile(root .. "/spec/c/ctest.lua")
+  it("fails cleanly on a raising top level, a finished run, NULL names; frees without running the host's loop "
+    .. "and closes a Redis client with a request outstanding", function()
+    local ok, out = ctest.run_host("test_embed_api")
+    assert.is_true(ok, out)
+    assert.matches("all ok", out)
   end)
 end)

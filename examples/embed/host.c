@@ -3,7 +3,11 @@
  * The host owns the loop, loads a script, calls a Lua function by name, and
  * a second thread posts events that Lua handles as tasks. Build: `make`
  * produces build/embed-host. Run: build/embed-host [N]  (N events, default 5) */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* <uv.h> needs POSIX declarations (keel.h alone does not) */
+#endif
 #include "keel.h"
+#include <uv.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,6 +81,9 @@ int main(int argc, char **argv) {
     if (n == 2) printf("host: lua handled %.0f events, total %.0f\n", out[0].number, out[1].number);
     int code = keel_exit_code(rt);
     keel_free(rt);
+    /* keel_free does not run the host's loop; the runtime's handles finish
+     * closing on its next run */
+    uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     printf("host: exit code %d\n", code);
     return code;

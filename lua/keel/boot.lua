@@ -3,6 +3,7 @@
 local ffi = require "ffi"
 local sched = require "keel.sched"
 require "keel.ffi.core"
+local cmem = require "keel.cmem"
 
 local boot = {}
 
@@ -19,7 +20,8 @@ if jit and jit.opt then jit.opt.start("hotexit=100") end
 
 -- host_events: the host may post events (keel_post), so a task waiting for
 -- an on_event handler to wake it is not a deadlock.
-function boot.init(clock_ptr, rand_ptr, seed, host_events)
+function boot.init(clock_ptr, rand_ptr, seed, host_events, reclaim_ptr)
+  cmem.init(reclaim_ptr)
   local w = sched.new_world({
     clock = ffi.cast("keel_clock_t *", clock_ptr),
     rand = ffi.cast("keel_rand_t *", rand_ptr),
@@ -47,8 +49,27 @@ function boot.start_main(chunk, ...)
     end
   end)
   main.observed = true
+  boot.main = main
   return main
 end
+
+-- The error of a main task that failed (or was cancelled) already, as a
+-- string for keel_error; nil while it runs or after it succeeded.
+function boot.main_error()
+  local main = boot.main
+  if not main then return nil end
+  if main.state == "failed" then
+    local ok, msg = pcall(tostring, main.err)
+    return ok and type(msg) == "string" and msg or "(error object is a " .. type(main.err) .. " value)"
+  elseif main.state == "cancelled" then
+    return "the main task was cancelled"
+  end
+  return nil
+end
+
+-- Before the state closes: C objects finalized from now on are freed by
+-- the host after the close, so user finalizers can still use them.
+function boot.close() cmem.closing() end
 
 -- Returns state (see sched.READY...), the next deadline and the exit code.
 function boot.tick()

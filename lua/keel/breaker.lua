@@ -9,6 +9,7 @@ local check = require "keel.check"
 local sched = require "keel.sched"
 local metrics = require "keel.metrics"
 local new_backoff = require "keel.backoff"
+local cmem = require "keel.cmem"
 
 local FNAME = "keel.breaker"
 local OPTS = check.set { "window", "size", "min_calls", "failure_rate", "slow_ms", "slow_rate",
@@ -205,7 +206,7 @@ return function(opts)
                                slow_ms, slow_rate, open_ms or 0, half_open_calls)
   if p == nil then error(FNAME .. ": out of memory", 2) end
   local self = setmetatable({
-    p = ffi.gc(p, C.keel_breaker_free), clock = w.clock, st = 0, name = name,
+    p = cmem.own(p, C.keel_breaker_free), clock = w.clock, st = 0, name = name,
     callbacks = {}, pending = { n = 0 }, firing = false, open_backoff = open_backoff,
     sbuf = ffi.new("keel_breaker_stats_t"),
   }, Breaker)

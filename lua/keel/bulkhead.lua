@@ -7,6 +7,7 @@ local C = require "keel.ffi.bulkhead"
 local check = require "keel.check"
 local sched = require "keel.sched"
 local metrics = require "keel.metrics"
+local cmem = require "keel.cmem"
 
 local FNAME = "keel.bulkhead"
 local OPTS = check.set { "max", "queue", "wait_ms", "keyed", "max_keys", "name" }
@@ -188,7 +189,7 @@ return function(opts)
   local p = C.keel_bulkhead_new(max, queue, max_keys, seed)
   if p == nil then error(FNAME .. ": out of memory", 2) end
   local self = setmetatable({
-    p = ffi.gc(p, C.keel_bulkhead_free), max = max, queue = queue, wait_ms = wait_ms, keyed = keyed,
+    p = cmem.own(p, C.keel_bulkhead_free), max = max, queue = queue, wait_ms = wait_ms, keyed = keyed,
     max_keys = keyed and max_keys or nil, queues = {}, timeouts = 0, name = name,
     sbuf = ffi.new("keel_bulkhead_stats_t"),
   }, keyed and Keyed or Bulkhead)

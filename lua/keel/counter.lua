@@ -1,9 +1,9 @@
 -- keel.counter: a striped counter host threads may add to concurrently (see
 -- runtime/keel_counter.h). Lua adds go to shard 0 through the FFI.
-local ffi = require "ffi"
 local C = require "keel.ffi.counter"
 local check = require "keel.check"
 local metrics = require "keel.metrics"
+local cmem = require "keel.cmem"
 
 local type, floor, tonumber, getmetatable = type, math.floor, tonumber, getmetatable
 
@@ -22,7 +22,7 @@ local function new(opts)
   if name ~= nil then check.string(F, "option 'name'", name) end
   local c = C.keel_counter_new(shards)
   if c == nil then error(F .. ": out of memory", 2) end
-  local self = setmetatable({ handle = ffi.gc(c, C.keel_counter_free), name = name, shards = shards }, Counter)
+  local self = setmetatable({ handle = cmem.own(c, C.keel_counter_free), name = name, shards = shards }, Counter)
   metrics.register("counter", name, self)
   return self
 end

@@ -1,12 +1,12 @@
 -- keel.dedup: "have I processed this message already?" for idempotent
 -- consumers, bounded by max keys (second-chance eviction over mark order) and
 -- an optional TTL (runtime/keel_dedup.h).
-local ffi = require "ffi"
 local C = require "keel.ffi.dedup"
 local Ccore = require "keel.ffi.core"
 local check = require "keel.check"
 local metrics = require "keel.metrics"
 local sched = require "keel.sched"
+local cmem = require "keel.cmem"
 
 local tostring, getmetatable, error = tostring, getmetatable, error
 
@@ -31,8 +31,10 @@ local function new(opts)
   local w = sched.world()
   local d = C.keel_dedup_new(max, ttl or 0, w.clock, Ccore.keel_rand_next(w.rand))
   if d == nil then error(F .. ": out of memory", 2) end
+  local bytes = C.keel_dedup_bytes(d)
   local self = setmetatable({
-    handle = ffi.gc(d, C.keel_dedup_free), clock = w.clock, name = name, max = max, ttl_ms = ttl,
+    handle = cmem.own(d, C.keel_dedup_free, bytes), cbytes = bytes, unsynced = 0,
+    clock = w.clock, name = name, max = max, ttl_ms = ttl,
   }, Dedup)
   metrics.register("dedup", name, self)
   return self
@@ -47,6 +49,15 @@ function Dedup:seen(key)
   key = key_of("dedup:seen", key)
   local r = C.keel_dedup_seen(self.handle, key, #key)
   if r < 0 then error("dedup:seen: out of memory", 2) end
+  if r == 0 then
+    -- a new mark: now and then, charge what the table grew (keel.cmem)
+    local n = self.unsynced + 1
+    if n >= cmem.SYNC_EVERY then
+      n = 0
+      cmem.sync(self, C.keel_dedup_bytes(self.handle))
+    end
+    self.unsynced = n
+  end
   return r == 1
 end
 

@@ -252,8 +252,8 @@ function keel.sim(opts, fn, ...)
   if fn == nil then fn = opts[1] end
   check.func("keel.sim", "argument 'fn'", fn)
   local seed = check.integer("keel.sim", "option 'seed'", opts.seed, 1, 0)
-  if seed > 2 ^ 53 then
-    error(string.format("keel.sim: option 'seed' must be an integer in [0, 2^53] (got %.17g)", seed), 2)
+  if seed > keel.SEED_MAX then
+    error(string.format("keel.sim: option 'seed' must be an integer in [0, %d] (got %.17g)", keel.SEED_MAX, seed), 2)
   end
   check.number("keel.sim", "option 'epoch_ms'", opts.epoch_ms, 0)
   local w = sched.new_world({ virtual = true, seed = seed, epoch_ms = opts.epoch_ms })
@@ -293,6 +293,12 @@ end
 function keel.metrics(format) return require("keel.metrics").collect(format) end
 
 function keel.is_sim() return sched.world().virtual end
+
+-- Seeds are integers of at most 14 decimal digits everywhere (keel.sim,
+-- --sim, keel_options.seed, the random seed of a real-time run): Lua prints
+-- numbers with 14 significant digits, so print(keel.seed()) shows the seed
+-- exactly and the run can be replayed with it.
+keel.SEED_MAX = 99999999999999
 
 function keel.seed() return sched.world().seed end
 

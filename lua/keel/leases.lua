@@ -5,13 +5,13 @@
 -- order. When a lease is released, or found expired by the per-key timer that
 -- exists only while someone waits, the lease is granted directly to the
 -- longest waiter still waiting, so a newcomer cannot overtake the queue.
-local ffi = require "ffi"
 local C = require "keel.ffi.leases"
 local Ccore = require "keel.ffi.core"
 local check = require "keel.check"
 local metrics = require "keel.metrics"
 local sched = require "keel.sched"
 local keyarg = require "keel.keyarg"
+local cmem = require "keel.cmem"
 
 local type, tostring, getmetatable, setmetatable, error = type, tostring, getmetatable, setmetatable, error
 local huge = math.huge
@@ -44,8 +44,10 @@ local function new(opts)
   local w = sched.world()
   local l = C.keel_leases_new(max, w.clock, Ccore.keel_rand_next(w.rand))
   if l == nil then error(F .. ": out of memory", 2) end
+  local bytes = C.keel_leases_stat(l, 7)
   local self = setmetatable({
-    handle = ffi.gc(l, C.keel_leases_free), clock = w.clock, name = name, ttl_ms = ttl, max = max,
+    handle = cmem.own(l, C.keel_leases_free, bytes), cbytes = bytes, unsynced = 0,
+    clock = w.clock, name = name, ttl_ms = ttl, max = max,
     owners = {},  -- owner per C slot (slot + 1), so owners need no C storage
     waiters = {}, -- key -> { head, tail, [i] = rec }
     timers = {},  -- key -> { handle, at }: only for keys with waiters
@@ -183,7 +185,16 @@ function Leases:acquire(key, owner, opts)
   if self.waiters[key] then handoff(self, key) end
   local h = self.handle
   local token = self.waiters[key] and 0 or C.keel_leases_acquire(h, key, #key, ttl)
-  if token > 0 then return grant(self, key, owner, token) end
+  if token > 0 then
+    -- now and then, charge what the table grew (keel.cmem)
+    local n = self.unsynced + 1
+    if n >= cmem.SYNC_EVERY then
+      n = 0
+      cmem.sync(self, C.keel_leases_stat(h, 7))
+    end
+    self.unsynced = n
+    return grant(self, key, owner, token)
+  end
   if token == -1 then return nil, "full" end
   if token < 0 then error(F .. ": out of memory", 2) end
   if wait_ms == nil then return nil, "held" end

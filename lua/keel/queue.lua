@@ -10,6 +10,7 @@ local C = require "keel.ffi.queue"
 local sched = require "keel.sched"
 local check = require "keel.check"
 local metrics = require "keel.metrics"
+local cmem = require "keel.cmem"
 
 local type, error, getmetatable, setmetatable, tostring, pcall, next =
   type, error, getmetatable, setmetatable, tostring, pcall, next
@@ -421,7 +422,7 @@ return function(opts)
   local q = C.keel_queue_new(w.clock, capacity, vis, max_attempts)
   if q == nil then error("keel.queue: out of memory", 2) end
   local self = setmetatable({
-    q = ffi.gc(q, C.keel_queue_free), span = C.keel_queue_span(q),
+    q = cmem.own(q, C.keel_queue_free), span = C.keel_queue_span(q),
     world = w, clock = w.clock,
     capacity = capacity, visibility_ms = vis, max_attempts = max_attempts,
     dead_letter = dlq, name = name,

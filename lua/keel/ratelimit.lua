@@ -7,6 +7,7 @@ local C = require "keel.ffi.ratelimit"
 local check = require "keel.check"
 local sched = require "keel.sched"
 local metrics = require "keel.metrics"
+local cmem = require "keel.cmem"
 
 local FNAME = "keel.ratelimit"
 local OPTS = check.set { "rate", "per_ms", "burst", "keyed", "max_keys", "name" }
@@ -131,7 +132,7 @@ return function(opts)
   local p = C.keel_ratelimit_new(w.clock, rate, per_ms, burst, max_keys, seed)
   if p == nil then error(FNAME .. ": out of memory", 2) end
   local self = setmetatable({
-    p = ffi.gc(p, C.keel_ratelimit_free), clock = w.clock, keyed = keyed, name = name,
+    p = cmem.own(p, C.keel_ratelimit_free), clock = w.clock, keyed = keyed, name = name,
     rate = rate, per_ms = per_ms, burst = burst, sbuf = ffi.new("keel_ratelimit_stats_t"),
   }, keyed and Keyed or Limiter)
   metrics.register("ratelimit", name, self)

@@ -7,6 +7,7 @@ local check = require "keel.check"
 local metrics = require "keel.metrics"
 local sched = require "keel.sched"
 local keyarg = require "keel.keyarg"
+local cmem = require "keel.cmem"
 
 local tostring, getmetatable, error, tonumber = tostring, getmetatable, error, tonumber
 local fstring = ffi.string
@@ -34,8 +35,10 @@ local function new(opts)
   local w = sched.world()
   local r = C.keel_registry_new(max, ttl, w.clock, Ccore.keel_rand_next(w.rand))
   if r == nil then error(F .. ": out of memory", 2) end
+  local bytes = C.keel_registry_stat(r, 7)
   local self = setmetatable({
-    handle = ffi.gc(r, C.keel_registry_free), clock = w.clock, name = name, ttl_ms = ttl, max = max,
+    handle = cmem.own(r, C.keel_registry_free, bytes), cbytes = bytes, unsynced = 0,
+    clock = w.clock, name = name, ttl_ms = ttl, max = max,
     len = ffi.new("size_t[1]"),
   }, Registry)
   metrics.register("registry", name, self)
@@ -54,7 +57,16 @@ function Registry:bind(device, gateway)
   device = keyarg(F, "argument 'device'", device)
   gateway = keyarg(F, "argument 'gateway'", gateway)
   local rc = C.keel_registry_bind(self.handle, device, #device, gateway, #gateway)
-  if rc > 0 then return true end
+  if rc > 0 then
+    -- now and then, charge what the tables grew (keel.cmem)
+    local n = self.unsynced + 1
+    if n >= cmem.SYNC_EVERY then
+      n = 0
+      cmem.sync(self, C.keel_registry_stat(self.handle, 7))
+    end
+    self.unsynced = n
+    return true
+  end
   if rc == -1 then return nil, "full" end
   error(F .. ": out of memory", 2)
 end

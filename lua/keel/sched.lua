@@ -61,7 +61,7 @@ local function new_world(opts)
   w.virtual = w.clock.is_virtual ~= 0
   w.seed = opts.seed
   w.host_events = opts.host_events or false
-  w.timers = ffi.gc(C.keel_timers_new(), C.keel_timers_free)
+  w.timers = require("keel.cmem").own(C.keel_timers_new(), C.keel_timers_free)
   if w.timers == nil then error("keel: out of memory creating the timer heap") end
   return w
 end

@@ -3,6 +3,7 @@
  * has nothing left to do but wait.
  * usage: host_event_wait LUA_ROOT SCRIPT NO_EVENTS(0|1) */
 #include "keel.h"
+#include <uv.h>
 #include <stdio.h>
 #include <stdlib.h>
 

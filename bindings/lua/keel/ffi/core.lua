@@ -26,6 +26,10 @@ int keel_timers_cancel(keel_timers_t *t, int32_t id);
 int32_t keel_timers_pop_expired(keel_timers_t *t, double now_ms);
 double keel_timers_next(const keel_timers_t *t);
 int32_t keel_timers_count(const keel_timers_t *t);
+
+typedef void (*keel_free_fn)(void *p);
+typedef struct keel_reclaim keel_reclaim_t;
+int keel_reclaim_add(keel_reclaim_t *q, keel_free_fn fn, void *p);
 ]]
 
 return ffi.C
