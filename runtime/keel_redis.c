@@ -44,6 +44,7 @@ typedef struct {
     int32_t timer;     /* keel_timers id, TIMER_FIFO, or -1 when no deadline */
     int32_t next_free;
     uint8_t state;
+    uint8_t instant;   /* deadline at send time: its expiry says nothing about the server */
 } slot_t;
 
 struct keel_redis {
@@ -858,14 +859,14 @@ static void deadline_cb(uv_timer_t *t) {
         if (s->state != SLOT_ACTIVE) continue;
         /* a server that keeps saying nothing since our requests were sent
          * is hung or unreachable: reconnect instead of piling up requests */
-        if (r->last_reply_ms < s->sent_ms) stale++;
+        if (r->last_reply_ms < s->sent_ms && !s->instant) stale++;
         r->st.timeouts++;
         slot_fail(r, i, KEEL_REDIS_ETIMEOUT, "no reply before the deadline");
         if (r->closing) { flush_deliveries(r); return; }
     }
     slot_t *f;
     while ((f = fifo_deadline_head(r)) && f->deadline <= now) {
-        if (r->last_reply_ms < f->sent_ms) stale++;
+        if (r->last_reply_ms < f->sent_ms && !f->instant) stale++;
         r->st.timeouts++;
         slot_fail(r, (uint32_t)(f - r->slots), KEEL_REDIS_ETIMEOUT, "no reply before the deadline");
         if (r->closing) { flush_deliveries(r); return; }
@@ -930,7 +931,7 @@ keel_redis_t *keel_redis_new(uv_loop_t *loop, keel_clock_t *clock, keel_rand_t *
 int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **argv,
                        const size_t *argvlen, double timeout_ms) {
     if (!r || r->closing) return KEEL_REDIS_ECLOSED;
-    if (argc < 1 || !argv || !argvlen) return KEEL_REDIS_EARG;
+    if (argc < 1 || !argv || !argvlen || timeout_ms != timeout_ms) return KEEL_REDIS_EARG;
     if ((r->fd < 0 && !r->resolving) || r->state == KEEL_REDIS_S_BACKOFF) { r->st.conn_errors++; return KEEL_REDIS_ECONN; }
     int32_t i = slot_alloc(r);
     if (i < 0) { r->st.full++; return KEEL_REDIS_EFULL; }
@@ -947,13 +948,17 @@ int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **
     if (r->connected && !(r->poll_events & UV_WRITABLE) && !uv_is_active((uv_handle_t *)&r->flush_prep))
         uv_prepare_start(&r->flush_prep, flush_cb);
     s->timer = -1;
-    double deadline = s->sent_ms + timeout_ms;
-    if (timeout_ms > 0 && deadline >= r->fifo_last_deadline) {
+    /* only +infinity means "no deadline": 0 (or less) is one already due,
+     * failed from the loop's next deadline check */
+    int has_deadline = !(isinf(timeout_ms) && timeout_ms > 0);
+    s->instant = timeout_ms <= 0;
+    double deadline = s->sent_ms + (timeout_ms > 0 ? timeout_ms : 0);
+    if (has_deadline && deadline >= r->fifo_last_deadline) {
         s->timer = TIMER_FIFO;
         s->deadline = deadline;
         r->fifo_last_deadline = deadline;
         if (deadline < r->armed_at) arm_deadline_timer(r);
-    } else if (timeout_ms > 0) {
+    } else if (has_deadline) {
         int32_t tid = keel_timers_add(r->timers, deadline);
         if (tid >= 0) {
             if ((uint32_t)tid >= r->timer_slot_cap) {

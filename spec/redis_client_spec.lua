@@ -198,6 +198,27 @@ describe("keel.redis client", function()
     assert.equal("PONG", c:call_timeout(5000, "PING"))
   end)
 
+  it("call_timeout(0) times out at once; math.huge is the one 'no deadline'", function()
+    -- a connection of its own: a BLPOP the client gave up on still blocks
+    -- the server's side of the connection
+    local c2 = assert(keel.redis.connect(server.url))
+    local ok, v, err = keel.timeout(2000, function() return c2:call_timeout(0, "BLPOP", "t0:nothing", "0") end)
+    assert.is_true(ok, "call_timeout(0) waited for the reply")
+    assert.is_nil(v)
+    assert.equal("timeout: no reply before the deadline", err)
+    c2:close()
+    c2 = assert(keel.redis.connect(server.url))
+    local waiter = keel.spawn(function() return c2:call_timeout(math.huge, "BLPOP", "t0:list", "0") end)
+    keel.sleep(300) -- far past any default deadline... but math.huge has none
+    assert.equal("waiting", waiter:status())
+    assert.equal(1, c:call("RPUSH", "t0:list", "x"))
+    local _, got = waiter:join()
+    assert.same({ "t0:list", "x" }, got)
+    assert.has_error(function() c2:call_timeout(-1, "PING") end)
+    assert.has_error(function() c2:call_timeout(0 / 0, "PING") end)
+    c2:close()
+  end)
+
   it("times out each call at its own deadline, whatever the order of their timeouts", function()
     local c2 = assert(keel.redis.connect(server.url, { timeout_ms = 300 }))
     local sleeper = keel.spawn(function() return c:call_timeout(5000, "DEBUG", "SLEEP", "0.8") end)

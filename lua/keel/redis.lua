@@ -261,7 +261,7 @@ local function send_short(self, timeout, fname, n, a1, a2, a3, a4, a5, a6)
   local handle = self.handle
   if not handle then return nil, "closed: client closed" end
   local id = completion(fname)
-  local rc = C.keel_redis_send(handle, id * 2, timeout or 0, n, a1, #a1, a2, len(a2), a3, len(a3),
+  local rc = C.keel_redis_send(handle, id * 2, timeout or huge, n, a1, #a1, a2, len(a2), a3, len(a3),
     a4, len(a4), a5, len(a5), a6, len(a6))
   if rc ~= 0 then
     complete(id) -- drops the completion; we are running, so nothing is woken
