@@ -27,6 +27,13 @@ enum { SLOT_FREE = 0, SLOT_ACTIVE = 1, SLOT_ABANDONED = 2 };
 #define FIFO_SELECT 0xFFFFFFFDu
 
 #define READ_CHUNK 65536
+/* Bytes one poll callback may take in before it returns to the loop. A
+ * socket that never runs dry (a flooded subscriber) would otherwise keep
+ * the loop in one callback: no timer, deadline or other socket in the
+ * meantime. The poll stays armed and is level-triggered, so the rest is
+ * read on the next iteration, after the due timers. It also bounds the
+ * replies handed to the caller per callback (each takes bytes). */
+#define READ_BUDGET READ_CHUNK
 #define OUT_KEEP   (256 * 1024) /* an emptied output buffer bigger than this is given back */
 
 /* Deadlines: most requests carry the connection's usual timeout, so their
@@ -513,7 +520,10 @@ static int process_replies(keel_redis_t *r) {
     }
 }
 
-static void read_replies(keel_redis_t *r) {
+/* Reads and hands over replies until the socket is drained or budget
+ * bytes have been read. */
+static void read_replies(keel_redis_t *r, size_t budget) {
+    size_t got = 0;
     for (;;) {
         ssize_t n = recv(r->fd, r->inbuf, READ_CHUNK, 0);
         if (n > 0) {
@@ -523,6 +533,8 @@ static void read_replies(keel_redis_t *r) {
             }
             if (!process_replies(r)) return;
             if (n < READ_CHUNK) return; /* drained: spare the recv that would say EAGAIN */
+            got += (size_t)n;
+            if (got >= budget) return;
             continue;
         }
         if (n == 0) {
@@ -548,8 +560,9 @@ static void flush_out(keel_redis_t *r) {
         }
         int err = errno;
         /* the server may have answered (and closed) before we finished: its
-         * last replies, often the reason it closed, still count */
-        read_replies(r);
+         * last replies, often the reason it closed, still count (all of
+         * them: the connection goes right after) */
+        read_replies(r, SIZE_MAX);
         if (r->fd >= 0) lose_connection(r, "connection lost: ", strerror(err));
         return;
     }
@@ -592,7 +605,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     } else {
         /* on an error libuv stops the handle and reports no events: read
          * what arrived before it, then take the socket's own error */
-        if (status < 0 || (events & UV_READABLE)) read_replies(r);
+        if (status < 0 || (events & UV_READABLE)) read_replies(r, READ_BUDGET);
         if (r->poll == h && status < 0) {
             int err = socket_error(r->fd);
             lose_connection(r, "connection lost: ", err ? strerror(err) : uv_strerror(status));
