@@ -538,7 +538,8 @@ function M.new(opts)
     -- queued with {wait = false} (id, attempt, key triples), acknowledged
     -- entries not trimmed yet, the open push and hand-out batches, the
     -- attempts hash
-    bufs = {}, held = {}, nbuf = 0, acks = {}, untrimmed = {}, pbatch = {}, hbatch = {}, atts = {},
+    bufs = {}, held = {}, nbuf = 0, acks = {}, untrimmed = {}, pbatch = {},
+    batches = { hand = {}, ack = {} }, atts = {},
     blockers = {}, nblockers = 0, blocker_wait = sched.waitqueue(),
     group_ready = false, next_reclaim = -huge, promote_at = -huge,
     trim_slack = TRIM_SLACK, flusher = nil, flushed = sched.waitqueue(),
@@ -779,31 +780,41 @@ local function take(self)
   return nil
 end
 
--- The hand-outs of one scheduler turn (any tasks' pops) go out in one
--- script call per level.
-local HAND_OUT_BATCH = 500
+-- Hand-outs and acks that wait, made by any tasks during one scheduler
+-- turn, go out in one script call per level and kind: one round trip and
+-- one script run for many messages.
+local BATCH_MAX = 500
 
-local function send_hand_outs(self, li, b)
-  if self.hbatch[li] == b then self.hbatch[li] = nil end
-  b.r, b.err = self.redis:eval(HAND_OUT, 2, self.streams[li], self.atts[li], self.group, self.consumer,
-    unpack(b.ids))
+local function send_batch(self, kind, li, b)
+  local open = self.batches[kind]
+  if open[li] == b then open[li] = nil end
+  if kind == "hand" then
+    b.r, b.err = self.redis:eval(HAND_OUT, 2, self.streams[li], self.atts[li], self.group, self.consumer,
+      unpack(b.args))
+  else
+    b.r, b.err = self.redis:eval(ACK, 3, self.streams[li], self.dedup, self.atts[li], self.group, self.consumer,
+      self.visibility_ms, unpack(b.args))
+  end
   b.done = true
   b.q:wake_all()
 end
 
--- -> attempt | 0 (not this consumer's to hand out any more) | nil, err
-local function hand_out(self, msg)
-  local li = msg.level
-  local b = self.hbatch[li]
+-- Adds one message's script arguments to the turn's batch and waits for
+-- its answer -> the script's entry for it | nil, err
+local function batched(self, kind, li, F, ...)
+  local open = self.batches[kind]
+  local b = open[li]
   if not b then
-    b = { ids = {}, q = sched.waitqueue() }
-    self.hbatch[li] = b
-    sched.spawn(send_hand_outs, self, li, b)
+    b = { args = {}, n = 0, q = sched.waitqueue() }
+    open[li] = b
+    sched.spawn(send_batch, self, kind, li, b)
   end
-  local i = #b.ids + 1
-  b.ids[i] = msg.id
-  if i >= HAND_OUT_BATCH then self.hbatch[li] = nil end
-  if not b.done then b.q:wait(nil, "keel.redis.queue:pop") end
+  local i = b.n + 1
+  b.n = i
+  local args = b.args
+  for k = 1, select("#", ...) do args[#args + 1] = select(k, ...) end
+  if i >= BATCH_MAX then open[li] = nil end
+  if not b.done then b.q:wait(nil, F) end
   if not b.r then return nil, b.err end
   return b.r[i]
 end
@@ -815,7 +826,7 @@ local function next_msg(self)
   while true do
     local msg = take(self)
     if not msg then return nil end
-    local n, err = hand_out(self, msg)
+    local n, err = batched(self, "hand", msg.level, "keel.redis.queue:pop", msg.id)
     if not n then
       self.st.errors = self.st.errors + 1
       return nil, err
@@ -1053,19 +1064,17 @@ function Queue:ack(msg, opts)
     elseif #a > 100 * ACK_BATCH then self:flush() end -- bounded: the producer waits
     return true
   end
-  -- one script call per ack: its 1 or 0 is this ack's answer, and the acks
-  -- of one turn share a write through the client's automatic pipelining.
+  -- the acks of one turn share one script call; each gets its own 1 or 0.
   -- The entry is trimmed later by the flusher, off the caller's path:
   -- acknowledged, it can no longer be delivered (it is out of the pending
   -- list and behind the group's last-delivered id).
   sched.need_task(F, 2)
-  local r, err = self.redis:eval(ACK, 3, self.streams[li], self.dedup, self.atts[li], self.group, self.consumer,
-    self.visibility_ms, msg.id, msg.attempt, key)
+  local r, err = batched(self, "ack", li, F, msg.id, msg.attempt, key)
   if not r then
     self.st.errors = self.st.errors + 1
     return nil, err
   end
-  if r[1] ~= 1 then
+  if r ~= 1 then
     self.st.late_acks = self.st.late_acks + 1
     return nil, "unknown"
   end
