@@ -302,6 +302,26 @@ describe("keel.redis.queue", function()
     q:close()
   end)
 
+  it("two groups count attempts each on their own: one group's delivery does not hide the message from the other",
+    function()
+    local a = Q.new { redis = c, prefix = "qgroups", group = "billing", prefetch = 2, max_attempts = 2 }
+    local b = Q.new { redis = c, prefix = "qgroups", group = "audit", prefetch = 2, max_attempts = 2 }
+    assert(b:info())
+    assert(a:push("m1"))
+    local ma = assert(a:pop())
+    local mb = assert(b:pop()) -- while billing's delivery is live
+    assert.same({ "m1", 1, "m1", 1 }, { ma.item, ma.attempt, mb.item, mb.attempt })
+    assert.same({ true, "requeued" }, { a:nack(ma) })
+    ma = assert(a:pop { wait_ms = 2000 })
+    assert.equal(2, ma.attempt)
+    assert.is_true(b:ack(mb))
+    assert.is_true(a:ack(ma))
+    assert.equal(0, a:info().pending)
+    assert.equal(0, b:info().pending)
+    a:close()
+    b:close()
+  end)
+
   it("two groups on one stream each get every message; trimming waits for both", function()
     local a = Q.new { redis = c, prefix = "q15", group = "billing", prefetch = 2 }
     local b = Q.new { redis = c, prefix = "q15", group = "audit", prefetch = 2 }

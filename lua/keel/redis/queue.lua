@@ -553,7 +553,7 @@ function M.new(opts)
     self.level_args[i] = string.format("%d", level)
     self.bufs[i], self.held[i] = { h = 1, t = 0 }, {}
     self.acks[i], self.untrimmed[i] = {}, 0
-    self.atts[i] = stream .. ":att"
+    self.atts[i] = stream .. ":att:" .. self.group -- each group counts its own attempts
   end
   self.zero_ix = self.level_ix[0]
   self.single = #levels == 1
