@@ -453,7 +453,7 @@ static int l_call(lua_State *L) {
     glue_t *g = check_conn(L, 1);
     if (!g || !g->r) { push_failure(L, KEEL_REDIS_ECLOSED, "client closed"); return 2; }
     int64_t id = check_id(L, 2);
-    double timeout = luaL_optnumber(L, 3, 0);
+    double timeout = luaL_optnumber(L, 3, HUGE_VAL);
     int top = lua_gettop(L);
     int argc = top - 3;
     if (argc < 1) return luaL_error(L, "keel.redis: call needs a command name");
@@ -481,7 +481,7 @@ static int l_batch(lua_State *L) {
     glue_t *g = check_conn(L, 1);
     if (!g || !g->r) { push_failure(L, KEEL_REDIS_ECLOSED, "client closed"); return 2; }
     int64_t id = check_id(L, 2);
-    double timeout = luaL_optnumber(L, 3, 0);
+    double timeout = luaL_optnumber(L, 3, HUGE_VAL);
     luaL_checktype(L, 4, LUA_TTABLE);
     int n = (int)lua_objlen(L, 4);
     if (n == 0) {

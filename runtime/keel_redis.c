@@ -27,6 +27,13 @@ enum { SLOT_FREE = 0, SLOT_ACTIVE = 1, SLOT_ABANDONED = 2 };
 #define FIFO_SELECT 0xFFFFFFFDu
 
 #define READ_CHUNK 65536
+/* Bytes one poll callback may take in before it returns to the loop. A
+ * socket that never runs dry (a flooded subscriber) would otherwise keep
+ * the loop in one callback: no timer, deadline or other socket in the
+ * meantime. The poll stays armed and is level-triggered, so the rest is
+ * read on the next iteration, after the due timers. It also bounds the
+ * replies handed to the caller per callback (each takes bytes). */
+#define READ_BUDGET READ_CHUNK
 #define OUT_KEEP   (256 * 1024) /* an emptied output buffer bigger than this is given back */
 
 /* Deadlines: most requests carry the connection's usual timeout, so their
@@ -44,6 +51,7 @@ typedef struct {
     int32_t timer;     /* keel_timers id, TIMER_FIFO, or -1 when no deadline */
     int32_t next_free;
     uint8_t state;
+    uint8_t instant;   /* deadline at send time: its expiry says nothing about the server */
 } slot_t;
 
 struct keel_redis {
@@ -512,7 +520,10 @@ static int process_replies(keel_redis_t *r) {
     }
 }
 
-static void read_replies(keel_redis_t *r) {
+/* Reads and hands over replies until the socket is drained or budget
+ * bytes have been read. */
+static void read_replies(keel_redis_t *r, size_t budget) {
+    size_t got = 0;
     for (;;) {
         ssize_t n = recv(r->fd, r->inbuf, READ_CHUNK, 0);
         if (n > 0) {
@@ -522,6 +533,8 @@ static void read_replies(keel_redis_t *r) {
             }
             if (!process_replies(r)) return;
             if (n < READ_CHUNK) return; /* drained: spare the recv that would say EAGAIN */
+            got += (size_t)n;
+            if (got >= budget) return;
             continue;
         }
         if (n == 0) {
@@ -547,8 +560,9 @@ static void flush_out(keel_redis_t *r) {
         }
         int err = errno;
         /* the server may have answered (and closed) before we finished: its
-         * last replies, often the reason it closed, still count */
-        read_replies(r);
+         * last replies, often the reason it closed, still count (all of
+         * them: the connection goes right after) */
+        read_replies(r, SIZE_MAX);
         if (r->fd >= 0) lose_connection(r, "connection lost: ", strerror(err));
         return;
     }
@@ -591,7 +605,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     } else {
         /* on an error libuv stops the handle and reports no events: read
          * what arrived before it, then take the socket's own error */
-        if (status < 0 || (events & UV_READABLE)) read_replies(r);
+        if (status < 0 || (events & UV_READABLE)) read_replies(r, READ_BUDGET);
         if (r->poll == h && status < 0) {
             int err = socket_error(r->fd);
             lose_connection(r, "connection lost: ", err ? strerror(err) : uv_strerror(status));
@@ -858,14 +872,14 @@ static void deadline_cb(uv_timer_t *t) {
         if (s->state != SLOT_ACTIVE) continue;
         /* a server that keeps saying nothing since our requests were sent
          * is hung or unreachable: reconnect instead of piling up requests */
-        if (r->last_reply_ms < s->sent_ms) stale++;
+        if (r->last_reply_ms < s->sent_ms && !s->instant) stale++;
         r->st.timeouts++;
         slot_fail(r, i, KEEL_REDIS_ETIMEOUT, "no reply before the deadline");
         if (r->closing) { flush_deliveries(r); return; }
     }
     slot_t *f;
     while ((f = fifo_deadline_head(r)) && f->deadline <= now) {
-        if (r->last_reply_ms < f->sent_ms) stale++;
+        if (r->last_reply_ms < f->sent_ms && !f->instant) stale++;
         r->st.timeouts++;
         slot_fail(r, (uint32_t)(f - r->slots), KEEL_REDIS_ETIMEOUT, "no reply before the deadline");
         if (r->closing) { flush_deliveries(r); return; }
@@ -930,7 +944,7 @@ keel_redis_t *keel_redis_new(uv_loop_t *loop, keel_clock_t *clock, keel_rand_t *
 int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **argv,
                        const size_t *argvlen, double timeout_ms) {
     if (!r || r->closing) return KEEL_REDIS_ECLOSED;
-    if (argc < 1 || !argv || !argvlen) return KEEL_REDIS_EARG;
+    if (argc < 1 || !argv || !argvlen || timeout_ms != timeout_ms) return KEEL_REDIS_EARG;
     if ((r->fd < 0 && !r->resolving) || r->state == KEEL_REDIS_S_BACKOFF) { r->st.conn_errors++; return KEEL_REDIS_ECONN; }
     int32_t i = slot_alloc(r);
     if (i < 0) { r->st.full++; return KEEL_REDIS_EFULL; }
@@ -947,13 +961,17 @@ int keel_redis_command(keel_redis_t *r, uint64_t req_id, int argc, const char **
     if (r->connected && !(r->poll_events & UV_WRITABLE) && !uv_is_active((uv_handle_t *)&r->flush_prep))
         uv_prepare_start(&r->flush_prep, flush_cb);
     s->timer = -1;
-    double deadline = s->sent_ms + timeout_ms;
-    if (timeout_ms > 0 && deadline >= r->fifo_last_deadline) {
+    /* only +infinity means "no deadline": 0 (or less) is one already due,
+     * failed from the loop's next deadline check */
+    int has_deadline = !(isinf(timeout_ms) && timeout_ms > 0);
+    s->instant = timeout_ms <= 0;
+    double deadline = s->sent_ms + (timeout_ms > 0 ? timeout_ms : 0);
+    if (has_deadline && deadline >= r->fifo_last_deadline) {
         s->timer = TIMER_FIFO;
         s->deadline = deadline;
         r->fifo_last_deadline = deadline;
         if (deadline < r->armed_at) arm_deadline_timer(r);
-    } else if (timeout_ms > 0) {
+    } else if (has_deadline) {
         int32_t tid = keel_timers_add(r->timers, deadline);
         if (tid >= 0) {
             if ((uint32_t)tid >= r->timer_slot_cap) {

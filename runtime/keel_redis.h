@@ -76,7 +76,10 @@ typedef struct keel_redis_opts {
 keel_redis_t *keel_redis_new(uv_loop_t *loop, keel_clock_t *clock, keel_rand_t *rand,
                              const keel_redis_opts_t *opts);
 
-/* Queues one command. timeout_ms <= 0: no deadline. Returns KEEL_REDIS_OK
+/* Queues one command. timeout_ms: INFINITY for no deadline; <= 0 is a
+ * deadline already due (the request fails with KEEL_REDIS_ETIMEOUT from the
+ * loop's next deadline check, never inside this call); NaN is
+ * KEEL_REDIS_EARG. Returns KEEL_REDIS_OK
  * (on_reply will be called exactly once, never from inside this call) or an
  * error code (on_reply will not be called for req_id); errbuf receives a
  * detail when non-NULL. */

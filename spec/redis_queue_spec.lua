@@ -93,6 +93,127 @@ describe("keel.redis.queue", function()
     q:close()
   end)
 
+  -- A consumer crashes by dropping its client with nothing acknowledged;
+  -- each has a connection of its own, as separate processes would.
+  local function new_consumer(prefix, name, opts)
+    local cc = assert(keel.redis.connect(server.url))
+    local o = { redis = cc, prefix = prefix, consumer = name }
+    for k, v in pairs(opts) do o[k] = v end
+    return Q.new(o), cc
+  end
+
+  it("only messages handed to user code count as attempts: crashes do not burn the prefetched ones", function()
+    local opts = { visibility_ms = 150, max_attempts = 3, prefetch = 10 }
+    local q = Q.new { redis = c, prefix = "qprefetch" }
+    for i = 1, 10 do assert(q:push("job" .. i)) end
+    for crash = 1, 3 do
+      -- every message is past its visibility when the next consumer starts:
+      -- its first reclaim takes all ten, in order
+      if crash > 1 then keel.sleep(350) end
+      local qc, cc = new_consumer("qprefetch", "crasher" .. crash, opts)
+      local m = assert(qc:pop { wait_ms = 3000 })
+      assert.equal("job1", m.item) -- the poison job, first every time
+      assert.equal(crash, m.attempt)
+      assert.equal(9, qc:stats().buffered) -- the rest sat in its buffer, unseen
+      cc:close() -- crash mid-job
+    end
+    keel.sleep(350)
+    local survivor, sc = new_consumer("qprefetch", "survivor", opts)
+    local seen = {}
+    while true do
+      local m = survivor:pop { wait_ms = 400 }
+      if not m then break end
+      seen[#seen + 1] = m.item .. "#" .. m.attempt
+      assert.is_true(survivor:ack(m))
+    end
+    table.sort(seen)
+    assert.same({ "job10#1", "job2#1", "job3#1", "job4#1", "job5#1", "job6#1", "job7#1", "job8#1", "job9#1" },
+      seen)
+    local dead = q:dead()
+    assert.equal(1, #dead)
+    assert.equal("job1", dead[1].item)
+    assert.equal(3, dead[1].attempts)
+    local info = q:info()
+    assert.equal(0, info.pending)
+    assert.equal(0, info.length)
+    survivor:close()
+    sc:close()
+  end)
+
+  it("a late ack, nack or extend of an expired delivery is 'unknown'; the live one goes on", function()
+    local opts = { visibility_ms = 250, max_attempts = 5, prefetch = 2 }
+    local q1, c1 = new_consumer("qlate", "slow", opts)
+    local q2, c2 = new_consumer("qlate", "fast", opts)
+    assert(q1:push("m1"))
+    assert(q1:push("m2"))
+    local m1 = assert(q1:pop())
+    local m2 = assert(q1:pop())
+    assert.same({ "m1", "m2" }, { m1.item, m2.item })
+    keel.sleep(350) -- consumer 1 is slower than visibility_ms
+    -- consumer 2's reclaim takes both: m1 handed out, m2 in its buffer
+    local r1 = assert(q2:pop { wait_ms = 2000 })
+    assert.equal("m1", r1.item)
+    assert.equal(2, r1.attempt)
+    assert.equal(1, q2:stats().buffered)
+    assert.same({ nil, "unknown" }, { q1:ack(m2) })
+    assert.same({ nil, "unknown" }, { q1:ack(m1) })
+    assert.same({ nil, "unknown" }, { q1:nack(m1) })
+    assert.same({ nil, "unknown" }, { q1:extend(m2, 50) })
+    -- m2 is still live, for consumer 2
+    local r2 = assert(q2:pop())
+    assert.equal("m2", r2.item)
+    assert.equal(2, r2.attempt)
+    assert.is_true(q2:ack(r1))
+    -- expired but not yet taken by anyone: still late, as with keel.queue
+    keel.sleep(350)
+    assert.same({ nil, "unknown" }, { q2:ack(r2) })
+    local r3 = assert(q1:pop { wait_ms = 2000 })
+    assert.equal("m2", r3.item)
+    assert.equal(3, r3.attempt)
+    assert.is_true(q1:ack(r3, { wait = false }))
+    assert.is_true(q1:flush())
+    assert.same({ nil, "timeout" }, { q2:pop { wait_ms = 400 } })
+    assert.same({ nil, "timeout" }, { q1:pop { wait_ms = 400 } })
+    local info = q1:info()
+    assert.equal(0, info.pending)
+    assert.equal(0, #q1:dead())
+    q1:close(); q2:close(); c1:close(); c2:close()
+  end)
+
+  it("a message acknowledged while another consumer holds it in its buffer is never handed out", function()
+    -- consumer 2 reclaims a message into its buffer; the live delivery it
+    -- superseded cannot ack any more, and consumer 2's own ack ends it; a
+    -- batched late ack ({wait = false}) is not applied either
+    local opts = { visibility_ms = 250, max_attempts = 5, prefetch = 3 }
+    local q1, c1 = new_consumer("qlateb", "one", opts)
+    local q2, c2 = new_consumer("qlateb", "two", opts)
+    for i = 1, 3 do assert(q1:push("n" .. i)) end
+    local a = { assert(q1:pop()), assert(q1:pop()), assert(q1:pop()) }
+    keel.sleep(350)
+    local b1 = assert(q2:pop { wait_ms = 2000 })
+    assert.equal("n1", b1.item)
+    for i = 1, 3 do assert.is_true(q1:ack(a[i], { wait = false })) end -- queued: "true" means queued
+    assert.is_true(q1:flush())
+    local got = { b1.item }
+    for _ = 1, 2 do
+      local m = assert(q2:pop())
+      got[#got + 1] = m.item
+      assert.is_true(q2:ack(m))
+    end
+    -- acks waited for in one turn share a script call, each with its own answer
+    local stale = {}
+    for k, v in pairs(b1) do stale[k] = v end
+    stale.attempt = b1.attempt + 1
+    local ts = { keel.spawn(function() return q2:ack(stale) end), keel.spawn(function() return q2:ack(b1) end) }
+    assert.same({ true, nil, "unknown" }, { ts[1]:join() })
+    assert.same({ true, true }, { ts[2]:join() })
+    assert.same({ "n1", "n2", "n3" }, got)
+    assert.equal(3, q1:stats().late_acks)
+    assert.same({ nil, "timeout" }, { q2:pop { wait_ms = 400 } })
+    assert.same({ nil, "timeout" }, { q1:pop { wait_ms = 400 } })
+    q1:close(); q2:close(); c1:close(); c2:close()
+  end)
+
   it("nack requeues, and dead-letters on the last attempt", function()
     local q = Q.new { redis = c, prefix = "q6", visibility_ms = 5000, max_attempts = 2, prefetch = 1 }
     assert(q:push("x"))
@@ -179,6 +300,26 @@ describe("keel.redis.queue", function()
     -- for exactly such entries, a few ms later)
     assert.equal(0, q:info().length)
     q:close()
+  end)
+
+  it("two groups count attempts each on their own: one group's delivery does not hide the message from the other",
+    function()
+    local a = Q.new { redis = c, prefix = "qgroups", group = "billing", prefetch = 2, max_attempts = 2 }
+    local b = Q.new { redis = c, prefix = "qgroups", group = "audit", prefetch = 2, max_attempts = 2 }
+    assert(b:info())
+    assert(a:push("m1"))
+    local ma = assert(a:pop())
+    local mb = assert(b:pop()) -- while billing's delivery is live
+    assert.same({ "m1", 1, "m1", 1 }, { ma.item, ma.attempt, mb.item, mb.attempt })
+    assert.same({ true, "requeued" }, { a:nack(ma) })
+    ma = assert(a:pop { wait_ms = 2000 })
+    assert.equal(2, ma.attempt)
+    assert.is_true(b:ack(mb))
+    assert.is_true(a:ack(ma))
+    assert.equal(0, a:info().pending)
+    assert.equal(0, b:info().pending)
+    a:close()
+    b:close()
   end)
 
   it("two groups on one stream each get every message; trimming waits for both", function()

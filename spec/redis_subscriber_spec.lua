@@ -137,6 +137,37 @@ describe("keel.redis.subscriber", function()
     c:call("RPUSH", "shaped", "message", "chan", "payload")
     assert.same({ "message", "chan", "payload" }, c:call("LRANGE", "shaped", 0, -1))
   end)
+
+  it("a flooded subscriber does not starve the loop: a ticker keeps ticking through the flood", function()
+    -- the server publishes the whole flood in one script, then writes it
+    -- out faster than the subscriber takes it in: its socket stays full
+    -- until the last message
+    assert.equal("OK", c:call("CONFIG", "SET", "client-output-buffer-limit", "pubsub 0 0 0"))
+    local sub = assert(keel.redis.subscriber(server.url))
+    assert.is_true(sub:subscribe("flood"))
+    local n, total = 0, 200000
+    local ticks, ticks_at_first, ticks_at_last = 0, nil, nil
+    sub:handler(function()
+      n = n + 1
+      if n == 1 then ticks_at_first = ticks end
+      if n == total then ticks_at_last = ticks end
+    end)
+    local ticker = keel.every(5, function() ticks = ticks + 1 end)
+    local flood = "for i = 1, tonumber(ARGV[1]) do redis.call('PUBLISH', KEYS[1], ARGV[2]) end return 1"
+    assert.equal(1, c:call_timeout(30000, "EVAL", flood, 1, "flood", total, string.rep("p", 100)))
+    for _ = 1, 3000 do
+      if n >= total then break end
+      keel.sleep(10)
+    end
+    ticker:stop()
+    sub:close()
+    assert.equal(total, n)
+    -- unbounded reads made the whole flood one or two loop callbacks (1 or 2
+    -- ticks inside it); bounded ones let the ticker run all along (30 to 50
+    -- times here: 10 is lenient)
+    assert.is_true(ticks_at_last - ticks_at_first >= 10,
+      string.format("ticks during the flood: %d", ticks_at_last - ticks_at_first))
+  end)
 end)
 
 describe("keel.redis.leases across processes", function()

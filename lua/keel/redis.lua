@@ -143,9 +143,10 @@ local function normalize(arg, extra, F)
     password = o.password ~= nil and check.string(F, "option 'password'", o.password) or nil,
     username = o.username ~= nil and check.string(F, "option 'username'", o.username) or nil,
     db = check.integer(F, "option 'db'", o.db, 0, 0, 1000000),
-    timeout_ms = check.number(F, "option 'timeout_ms'", o.timeout_ms, 5000, 1, 1e9),
+    -- 0 is refused rather than meaning "none": math.huge is that
+    timeout_ms = check.number(F, "option 'timeout_ms'", o.timeout_ms, 5000, 1),
     connect_timeout_ms = check.number(F, "option 'connect_timeout_ms'", o.connect_timeout_ms,
-      o.timeout_ms or 2000, 1, 1e9),
+      type(o.timeout_ms) == "number" and math.min(o.timeout_ms, 1e9) or 2000, 1, 1e9),
     backoff_base_ms = check.number(F, "option 'backoff_base_ms'", o.backoff_base_ms, 50, 1, 1e7),
     backoff_max_ms = check.number(F, "option 'backoff_max_ms'", o.backoff_max_ms, 2000, 1, 1e8),
     max_pending = check.integer(F, "option 'max_pending'", o.max_pending, 65536, 1, 1e7),
@@ -261,7 +262,7 @@ local function send_short(self, timeout, fname, n, a1, a2, a3, a4, a5, a6)
   local handle = self.handle
   if not handle then return nil, "closed: client closed" end
   local id = completion(fname)
-  local rc = C.keel_redis_send(handle, id * 2, timeout or 0, n, a1, #a1, a2, len(a2), a3, len(a3),
+  local rc = C.keel_redis_send(handle, id * 2, timeout or huge, n, a1, #a1, a2, len(a2), a3, len(a3),
     a4, len(a4), a5, len(a5), a6, len(a6))
   if rc ~= 0 then
     complete(id) -- drops the completion; we are running, so nothing is woken

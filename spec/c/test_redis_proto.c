@@ -4,6 +4,7 @@
  * closing with commands in flight, a command bigger than the socket buffer,
  * and close with a command outstanding. Every command must end exactly
  * once. Prints "ok ..." or "FAIL ..." (exit 1). */
+#include <math.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -92,7 +93,7 @@ static void peer_write(int fd, const char *s, size_t n) {
 }
 
 static int send_cmd(keel_redis_t *r, uint64_t id, int argc, const char **argv, const size_t *lens) {
-    return keel_redis_command(r, id, argc, argv, lens, 0);
+    return keel_redis_command(r, id, argc, argv, lens, INFINITY);
 }
 
 int main(void) {

@@ -4,6 +4,7 @@
  * with SIGPIPE at its default disposition, as an embedding host may leave
  * it, so a write path that raised SIGPIPE would kill it (keel_redis writes
  * with MSG_NOSIGNAL). Prints "ok ..." or "FAIL ..." (exit 1). */
+#include <math.h>
 #include <arpa/inet.h>
 #include <signal.h>
 #include <stdio.h>
@@ -60,7 +61,7 @@ int main(void) {
     int accepted = 0, resets = 0;
     for (int round = 0; round < 300; round++) {
         for (int i = 0; i < 4; i++)
-            if (keel_redis_command(r, (uint64_t)round, 3, argv, lens, 0) == KEEL_REDIS_OK) accepted++;
+            if (keel_redis_command(r, (uint64_t)round, 3, argv, lens, INFINITY) == KEEL_REDIS_OK) accepted++;
         keel_clock_update(&clock);
         uv_run(&loop, UV_RUN_NOWAIT);
         /* every few rounds take the pending connection and drop it with data

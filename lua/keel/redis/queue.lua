@@ -10,14 +10,28 @@
 --        delay_ms the message waits in a sorted set by due time (server
 --        clock) until a pop script moves it into the stream.
 -- pop  = every visibility_ms / 4 one script reclaims messages idle past
---        visibility_ms (XAUTOCLAIM) and dead-letters those delivered more
---        than max_attempts times; in between XREADGROUP reads new ones, ahead
---        of need; when there is nothing, a blocking XREADGROUP on a dedicated
---        connection waits (bounded so reclaims keep running).
--- ack  = XACK, so an acknowledged message can never be delivered again (it
---        leaves the pending list and is behind the group's last-delivered
---        id). Entries are dropped later, off the caller's path, by XTRIM
---        MINID once no group reading the stream needs them.
+--        visibility_ms (XAUTOCLAIM) and dead-letters those handed out
+--        max_attempts times; in between XREADGROUP reads new ones, ahead
+--        of need, into the consumer's buffer; when there is nothing, a
+--        blocking XREADGROUP on a dedicated connection waits (bounded so
+--        reclaims keep running). A buffered message is handed to the caller
+--        only through the hand-out script (one per turn for every pop of the
+--        turn): it checks the message is still pending for this consumer and
+--        not handed out since it was buffered, counts the attempt in the
+--        level's attempts hash and restarts its idle clock. So attempts count
+--        hand-outs, not reads (a crash does not burn what sat in a buffer),
+--        and a message acknowledged or taken over elsewhere is never handed
+--        out of a buffer.
+--        The attempts hash holds, per pending message, "n" while its n-th
+--        hand-out is live, "w<n>" after n hand-outs while it waits in a
+--        buffer (reclaimed, or nacked); none for a new one.
+-- ack  = a script: XACK only while this delivery is the live one (pending
+--        for this consumer, idle under visibility_ms, attempts hash at this
+--        attempt), so a late ack is "unknown" and an acknowledged message can
+--        never be delivered again (it leaves the pending list and is behind
+--        the group's last-delivered id). Entries are dropped later, off the
+--        caller's path, by XTRIM MINID once no group reading the stream needs
+--        them.
 -- Dead-lettering is XADD to the dead-letter stream and then XACK: a crash in
 -- between duplicates a message, never loses it (and inside one script the
 -- two steps are atomic anyway).
@@ -153,15 +167,25 @@ local function release(dedup, key, id)
 end
 ]=]
 
+-- The hand-outs a pending message has had, from its attempts hash entry.
+local HANDED = [=[
+local function handed(v)
+  if not v then return 0 end
+  return tonumber(string.match(v, '^w?(%d+)$')) or 0
+end
+]=]
+
 -- KEYS: dead stream, delayed set, delayed items, delayed keys, delayed
--- priorities, dedup hash, then the level streams, highest priority first
+-- priorities, dedup hash, then the level streams, highest priority first,
+-- then their attempts hashes in the same order
 -- ARGV: group, consumer, visibility_ms, max_attempts, count, reclaim(0/1),
 --       then the levels, as KEYS
 -- -> { {id, item, attempt, dedup key | false, level index}..., dead-lettered
 --      count, ms until the next delayed message is due or -1 }
-local POP = redis.script(RELEASE .. [[
+-- (attempt: the one a hand-out would make; the hand-out script decides)
+local POP = redis.script(RELEASE .. HANDED .. [[
 local out, dead = {}, 0
-local nlev = #KEYS - 6
+local nlev = (#KEYS - 6) / 2
 local count = tonumber(ARGV[5])
 local function level_index(level)
   local zero = 1
@@ -198,24 +222,27 @@ local function field(f, name)
 end
 local function reclaim()
   for li = 1, nlev do
-    local stream, level = KEYS[6 + li], ARGV[6 + li]
+    local stream, level, att = KEYS[6 + li], ARGV[6 + li], KEYS[6 + nlev + li]
     local c = redis.call('XAUTOCLAIM', stream, ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', count)
     for _, e in ipairs(c[2]) do
       local id, item, key = e[1], field(e[2], 'd'), field(e[2], 'k')
-      local p = redis.call('XPENDING', stream, ARGV[1], id, id, 1)
-      local n = (p[1] and p[1][4]) or 1
+      local n = handed(redis.call('HGET', att, id))
       if item == nil then
         redis.call('XACK', stream, ARGV[1], id)
-      elseif n > tonumber(ARGV[4]) then
-        local letter = {'d', item, 'id', id, 'attempts', n - 1, 'error', 'visibility timeout'}
+        redis.call('HDEL', att, id)
+      elseif n >= tonumber(ARGV[4]) then
+        local letter = {'d', item, 'id', id, 'attempts', n, 'error', 'visibility timeout'}
         if key then letter[#letter + 1] = 'k'; letter[#letter + 1] = key end
         if level ~= '0' then letter[#letter + 1] = 'p'; letter[#letter + 1] = level end
         redis.call('XADD', KEYS[1], '*', unpack(letter))
         redis.call('XACK', stream, ARGV[1], id)
+        redis.call('HDEL', att, id)
         release(KEYS[6], key, id)
         dead = dead + 1
       else
-        out[#out + 1] = {id, item, n, key or false, li}
+        -- the expired delivery is over: its late ack finds 'w', not its attempt
+        redis.call('HSET', att, id, 'w' .. n)
+        out[#out + 1] = {id, item, n + 1, key or false, li}
       end
     end
   end
@@ -294,45 +321,89 @@ end
 return before - redis.call('XLEN', KEYS[1])
 ]=]
 
--- KEYS: stream, dead stream, dedup hash
--- ARGV: group, consumer, id, idle, attempt, max_attempts, item, error, key or '', level
+-- live(stream, att, group, consumer, id, attempt, visibility_ms): whether
+-- that delivery is still the live one: pending for this consumer, its idle
+-- clock (restarted at hand-out and by extend) under visibility_ms, and not
+-- reclaimed, nacked or handed out again since (the attempts hash still at
+-- this attempt).
+local LIVE = [=[
+local function live(stream, att, group, consumer, id, attempt, vis)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)[1]
+  if not p or p[2] ~= consumer or tonumber(p[3]) >= tonumber(vis) then return false end
+  return redis.call('HGET', att, id) == attempt
+end
+]=]
+
+-- KEYS: stream, dead stream, dedup hash, attempts hash
+-- ARGV: group, consumer, id, idle, attempt, max_attempts, item, error, key or '', level, visibility_ms
 -- -> 0 unknown, 1 requeued, 2 dead
-local NACK = redis.script(RELEASE .. [[
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if not p[1] then return 0 end
+local NACK = redis.script(RELEASE .. LIVE .. [[
+if not live(KEYS[1], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[11]) then return 0 end
 if tonumber(ARGV[5]) >= tonumber(ARGV[6]) then
   local letter = {'d', ARGV[7], 'id', ARGV[3], 'attempts', ARGV[5], 'error', ARGV[8]}
   if ARGV[9] ~= '' then letter[#letter + 1] = 'k'; letter[#letter + 1] = ARGV[9] end
   if ARGV[10] ~= '0' then letter[#letter + 1] = 'p'; letter[#letter + 1] = ARGV[10] end
   redis.call('XADD', KEYS[2], '*', unpack(letter))
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('HDEL', KEYS[4], ARGV[3])
   release(KEYS[3], ARGV[9], ARGV[3])
   return 2
 end
+-- over: a late ack of this delivery is unknown; a reclaim brings it back
+redis.call('HSET', KEYS[4], ARGV[3], 'w' .. ARGV[5])
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
 return 1
 ]])
 
--- KEYS: stream, dedup hash; ARGV: group, id, key, id, key, ... -> acked count
--- (an acknowledged message's key is free again)
-local ACK_KEYED = redis.script(RELEASE .. [[
-local n = 0
-for i = 2, #ARGV, 2 do
-  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
-    n = n + 1
-    release(KEYS[2], ARGV[i + 1], ARGV[i])
+-- KEYS: stream, dedup hash, attempts hash; ARGV: group, consumer,
+-- visibility_ms, then id, attempt, key or '' per message -> { 1 | 0 per
+-- message } (1: acknowledged; its key is free again)
+local ACK = redis.script(RELEASE .. LIVE .. [[
+local out = {}
+for i = 4, #ARGV, 3 do
+  local id = ARGV[i]
+  if live(KEYS[1], KEYS[3], ARGV[1], ARGV[2], id, ARGV[i + 1], ARGV[3])
+      and redis.call('XACK', KEYS[1], ARGV[1], id) == 1 then
+    redis.call('HDEL', KEYS[3], id)
+    release(KEYS[2], ARGV[i + 2], id)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
   end
 end
-return n
+return out
 ]])
 
--- ARGV: group, consumer, id, idle -> 1 | 0 (not pending)
-local EXTEND = redis.script [[
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if not p[1] then return 0 end
+-- KEYS: stream, attempts hash; ARGV: group, consumer, id, idle, attempt,
+-- visibility_ms -> 1 | 0 (not the live delivery)
+local EXTEND = redis.script(LIVE .. [[
+if not live(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]) then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
 return 1
-]]
+]])
+
+-- KEYS: stream, attempts hash; ARGV: group, consumer, id... -> { attempt |
+-- 0 per id }: hands buffered messages to user code. 0: no longer this
+-- consumer's (acknowledged, dead-lettered, reclaimed elsewhere) or already
+-- handed out from another copy. Otherwise the attempt is counted and the
+-- idle clock restarted, so visibility_ms runs from the hand-out.
+local HAND_OUT = redis.script(HANDED .. [[
+local out = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1]
+  local v = redis.call('HGET', KEYS[2], id)
+  if not p or p[2] ~= ARGV[2] or (v and string.sub(v, 1, 1) ~= 'w') then
+    out[#out + 1] = 0
+  else
+    local n = handed(v) + 1
+    redis.call('HSET', KEYS[2], id, n)
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'IDLE', 0, 'JUSTID')
+    out[#out + 1] = n
+  end
+end
+return out
+]])
 
 -- KEYS: dead stream, dedup hash, level streams (as POP); ARGV: n, start
 -- ('-' or '(' .. id), levels... -> { moved, scanned, last scanned id }.
@@ -463,22 +534,26 @@ function M.new(opts)
     prefetch = check.integer(F, "option 'prefetch'", opts.prefetch, 16, 1, 10000),
     max_blockers = check.integer(F, "option 'max_blockers'", opts.max_blockers, 4, 0, 1000),
     block_ms = check.number(F, "option 'block_ms'", opts.block_ms, min(1000, math.max(1, floor(vis / 2))), 1, 1e9),
-    -- per level (index into levels): buffered messages, acks queued with
-    -- {wait = false} (plain ids; id, key pairs), acknowledged entries not
-    -- trimmed yet, the open push batch
-    bufs = {}, nbuf = 0, acks = {}, kacks = {}, untrimmed = {}, pbatch = {},
+    -- per level (index into levels): buffered messages and their ids, acks
+    -- queued with {wait = false} (id, attempt, key triples), acknowledged
+    -- entries not trimmed yet, the open push and hand-out batches, the
+    -- attempts hash
+    bufs = {}, held = {}, nbuf = 0, acks = {}, untrimmed = {}, pbatch = {},
+    batches = { hand = {}, ack = {} }, atts = {},
     blockers = {}, nblockers = 0, blocker_wait = sched.waitqueue(),
     group_ready = false, next_reclaim = -huge, promote_at = -huge,
     trim_slack = TRIM_SLACK, flusher = nil, flushed = sched.waitqueue(),
     st = { pushed = 0, popped = 0, acked = 0, nacked = 0, dead_lettered = 0, reclaimed = 0, full = 0,
-           redriven = 0, errors = 0, ack_errors = 0, trimmed = 0, delayed = 0, duplicates = 0 },
+           redriven = 0, errors = 0, ack_errors = 0, trimmed = 0, delayed = 0, duplicates = 0,
+           late_acks = 0, superseded = 0 },
   }, Queue)
   for i, level in ipairs(levels) do
     local stream = level == 0 and base or string.format("%s:%d", base, level)
     self.streams[i], self.level_ix[level], self.stream_ix[stream] = stream, i, i
     self.level_args[i] = string.format("%d", level)
-    self.bufs[i] = { h = 1, t = 0 }
-    self.acks[i], self.kacks[i], self.untrimmed[i] = {}, {}, 0
+    self.bufs[i], self.held[i] = { h = 1, t = 0 }, {}
+    self.acks[i], self.untrimmed[i] = {}, 0
+    self.atts[i] = stream .. ":att:" .. self.group -- each group counts its own attempts
   end
   self.zero_ix = self.level_ix[0]
   self.single = #levels == 1
@@ -486,6 +561,7 @@ function M.new(opts)
   self.push_tail = { self.delayed, unpack(self.streams) }
   self.pop_keys = { self.dead_stream, self.delayed, self.delayed_items, self.delayed_keys, self.delayed_prio,
                     self.dedup, unpack(self.streams) }
+  for i = 1, #self.atts do self.pop_keys[#self.pop_keys + 1] = self.atts[i] end
   metrics.register("redis_queue", name, self)
   return self
 end
@@ -633,6 +709,10 @@ function Queue:push(item, opts)
 end
 
 local function add(self, li, id, item, attempt, now, key)
+  -- a reclaim may return a message this consumer still holds unhanded (read
+  -- and buffered longer than visibility_ms): one copy is enough
+  if self.held[li][id] then return end
+  self.held[li][id] = true
   local b = self.bufs[li]
   local t = b.t + 1
   b.t = t
@@ -673,35 +753,91 @@ local function read_ahead(self, count)
   self.fetching = false
 end
 
--- The next buffered message, highest level first.
+-- The next buffered message, highest level first (not handed out yet).
 local function take(self)
   local bufs = self.bufs
   for li = 1, #bufs do
     local b = bufs[li]
-    while b.h <= b.t do
+    if b.h <= b.t then
       local h = b.h
       local msg = b[h]
       b[h] = nil
       b.h = h + 1
       self.nbuf = self.nbuf - 1
-      -- held here past visibility: another consumer may have it by now; it
-      -- stays pending in Redis and comes back through a reclaim
-      if sched.now() - msg.delivered < self.visibility_ms then
-        self.st.popped = self.st.popped + 1
-        -- half the batch is gone and the last read was full: top the buffer
-        -- up to prefetch now, so consumers do not wait a round trip for it
-        local held = self.nbuf
-        if self.more and not self.fetching and held < floor(self.prefetch / 2) then
-          self.fetching = true
-          self.more = false
-          sched.spawn(read_ahead, self, self.prefetch - held)
-        end
-        return msg
+      self.held[li][msg.id] = nil
+      -- half the batch is gone and the last read was full: top the buffer
+      -- up to prefetch now, so consumers do not wait a round trip for it
+      local held = self.nbuf
+      if self.more and not self.fetching and held < floor(self.prefetch / 2) then
+        self.fetching = true
+        self.more = false
+        sched.spawn(read_ahead, self, self.prefetch - held)
       end
+      return msg
     end
     b.h, b.t = 1, 0
   end
   return nil
+end
+
+-- Hand-outs and acks that wait, made by any tasks during one scheduler
+-- turn, go out in one script call per level and kind: one round trip and
+-- one script run for many messages.
+local BATCH_MAX = 500
+
+local function send_batch(self, kind, li, b)
+  local open = self.batches[kind]
+  if open[li] == b then open[li] = nil end
+  if kind == "hand" then
+    b.r, b.err = self.redis:eval(HAND_OUT, 2, self.streams[li], self.atts[li], self.group, self.consumer,
+      unpack(b.args))
+  else
+    b.r, b.err = self.redis:eval(ACK, 3, self.streams[li], self.dedup, self.atts[li], self.group, self.consumer,
+      self.visibility_ms, unpack(b.args))
+  end
+  b.done = true
+  b.q:wake_all()
+end
+
+-- Adds one message's script arguments to the turn's batch and waits for
+-- its answer -> the script's entry for it | nil, err
+local function batched(self, kind, li, F, ...)
+  local open = self.batches[kind]
+  local b = open[li]
+  if not b then
+    b = { args = {}, n = 0, q = sched.waitqueue() }
+    open[li] = b
+    sched.spawn(send_batch, self, kind, li, b)
+  end
+  local i = b.n + 1
+  b.n = i
+  local args = b.args
+  for k = 1, select("#", ...) do args[#args + 1] = select(k, ...) end
+  if i >= BATCH_MAX then open[li] = nil end
+  if not b.done then b.q:wait(nil, F) end
+  if not b.r then return nil, b.err end
+  return b.r[i]
+end
+
+-- The next buffered message handed to user code -> msg | nil (buffer
+-- empty) | nil, err. A message whose hand-out failed stays pending for this
+-- consumer and comes back through a reclaim after visibility_ms.
+local function next_msg(self)
+  while true do
+    local msg = take(self)
+    if not msg then return nil end
+    local n, err = batched(self, "hand", msg.level, "keel.redis.queue:pop", msg.id)
+    if not n then
+      self.st.errors = self.st.errors + 1
+      return nil, err
+    end
+    if n > 0 then
+      msg.attempt, msg.delivered = n, sched.now()
+      self.st.popped = self.st.popped + 1
+      return msg
+    end
+    self.st.superseded = self.st.superseded + 1
+  end
 end
 
 local function mark_untrimmed(self)
@@ -806,19 +942,20 @@ function Queue:pop(opts)
     check.opts(F, opts, POP_OPTS)
     wait_ms = check.number(F, "option 'wait_ms'", opts.wait_ms, 0, 0)
   end
-  local msg = take(self)
-  if msg then return msg end
+  local msg, err = next_msg(self)
+  if msg or err then return msg, err end
   local deadline = sched.now() + wait_ms
   while true do
-    local ok, err = fetch(self)
+    local ok
+    ok, err = fetch(self)
     if not ok then return nil, err end
-    msg = take(self)
-    if msg then return msg end
+    msg, err = next_msg(self)
+    if msg or err then return msg, err end
     local left = deadline - sched.now()
     if left <= 0 then return nil, wait_ms > 0 and "timeout" or "empty" end
     block(self, min(left, self.block_ms))
-    msg = take(self)
-    if msg then return msg end
+    msg, err = next_msg(self)
+    if msg or err then return msg, err end
   end
 end
 
@@ -845,7 +982,7 @@ end
 
 local function acks_queued(self)
   for li = 1, #self.streams do
-    if #self.acks[li] > 0 or #self.kacks[li] > 0 then return true end
+    if #self.acks[li] > 0 then return true end
   end
   return false
 end
@@ -862,27 +999,19 @@ end
 local function flush_acks(self)
   while acks_queued(self) or untrimmed_total(self) > 0 do
     for li, stream in ipairs(self.streams) do
-      if #self.kacks[li] > 0 then
-        local pairs_ = take_batch(self.kacks, li, 2) -- id, key, id, key, ...
-        local n, err = self.redis:eval(ACK_KEYED, 2, stream, self.dedup, self.group, unpack(pairs_))
-        if n then
+      if #self.acks[li] > 0 then
+        local triples = take_batch(self.acks, li, 3) -- id, attempt, key, ...
+        local r, err = self.redis:eval(ACK, 3, stream, self.dedup, self.atts[li], self.group, self.consumer,
+          self.visibility_ms, unpack(triples))
+        if r then
+          local n = 0
+          for _, v in ipairs(r) do n = n + v end
           self.st.acked = self.st.acked + n
+          self.st.late_acks = self.st.late_acks + #r - n
           self.untrimmed[li] = self.untrimmed[li] + n
         else
           -- not acknowledged: these come back through a reclaim (at-least-once)
-          self.st.ack_errors = self.st.ack_errors + #pairs_ / 2
-          self.st.errors = self.st.errors + 1
-          self.last_ack_error = err
-        end
-      end
-      if #self.acks[li] > 0 then
-        local ids = take_batch(self.acks, li, 1)
-        local n, err = self.redis:call("XACK", stream, self.group, unpack(ids))
-        if n then
-          self.st.acked = self.st.acked + n
-          self.untrimmed[li] = self.untrimmed[li] + n
-        else
-          self.st.ack_errors = self.st.ack_errors + #ids
+          self.st.ack_errors = self.st.ack_errors + #triples / 3
           self.st.errors = self.st.errors + 1
           self.last_ack_error = err
         end
@@ -926,39 +1055,29 @@ function Queue:ack(msg, opts)
     wait = check.boolean(F, "option 'wait'", opts.wait, true)
   end
   if not msg_arg(F, self, msg) then return nil, "unknown" end
-  local key, li = msg.dedup_key, msg.level
+  local key, li = msg.dedup_key or "", msg.level
   if not wait then
-    local a
-    if key then
-      a = self.kacks[li]
-      a[#a + 1] = msg.id
-      a[#a + 1] = key
-    else
-      a = self.acks[li]
-      a[#a + 1] = msg.id
-    end
+    local a = self.acks[li]
+    local n = #a
+    a[n + 1], a[n + 2], a[n + 3] = msg.id, msg.attempt, key
     if not self.flusher then start_flusher(self)
     elseif #a > 100 * ACK_BATCH then self:flush() end -- bounded: the producer waits
     return true
   end
-  -- one XACK per ack: its 1 or 0 is this ack's answer, and the acks of one
-  -- turn share a write through the client's automatic pipelining. The entry
-  -- is trimmed later by the flusher, off the caller's path: acknowledged, it
-  -- can no longer be delivered (it is out of the pending list and behind the
-  -- group's last-delivered id).
+  -- the acks of one turn share one script call; each gets its own 1 or 0.
+  -- The entry is trimmed later by the flusher, off the caller's path:
+  -- acknowledged, it can no longer be delivered (it is out of the pending
+  -- list and behind the group's last-delivered id).
   sched.need_task(F, 2)
-  local stream = self.streams[li]
-  local n, err
-  if key then
-    n, err = self.redis:eval(ACK_KEYED, 2, stream, self.dedup, self.group, msg.id, key)
-  else
-    n, err = self.redis:call("XACK", stream, self.group, msg.id)
-  end
-  if not n then
+  local r, err = batched(self, "ack", li, F, msg.id, msg.attempt, key)
+  if not r then
     self.st.errors = self.st.errors + 1
     return nil, err
   end
-  if n ~= 1 then return nil, "unknown" end
+  if r ~= 1 then
+    self.st.late_acks = self.st.late_acks + 1
+    return nil, "unknown"
+  end
   self.st.acked = self.st.acked + 1
   self.untrimmed[li] = self.untrimmed[li] + 1
   start_flusher(self)
@@ -991,9 +1110,9 @@ function Queue:nack(msg, opts)
   end
   if not mine then return nil, "unknown" end
   local idle = floor(math.max(0, self.visibility_ms - delay))
-  local r, err = self.redis:eval(NACK, 3, self.streams[msg.level], self.dead_stream, self.dedup, self.group,
-    self.consumer, msg.id, idle, msg.attempt, self.max_attempts, msg.item, why, msg.dedup_key or "",
-    self.level_args[msg.level])
+  local r, err = self.redis:eval(NACK, 4, self.streams[msg.level], self.dead_stream, self.dedup,
+    self.atts[msg.level], self.group, self.consumer, msg.id, idle, msg.attempt, self.max_attempts, msg.item, why,
+    msg.dedup_key or "", self.level_args[msg.level], self.visibility_ms)
   if not r then self.st.errors = self.st.errors + 1; return nil, err end
   if r == 0 then return nil, "unknown" end
   self.st.nacked = self.st.nacked + 1
@@ -1015,7 +1134,8 @@ function Queue:extend(msg, ms)
   ms = check.number(F, "argument 'ms'", ms, nil, 0)
   if not mine then return nil, "unknown" end
   local idle = floor(math.max(0, self.visibility_ms - ms))
-  local r, err = self.redis:eval(EXTEND, 1, self.streams[msg.level], self.group, self.consumer, msg.id, idle)
+  local r, err = self.redis:eval(EXTEND, 2, self.streams[msg.level], self.atts[msg.level], self.group,
+    self.consumer, msg.id, idle, msg.attempt, self.visibility_ms)
   if not r then return nil, err end
   if r == 0 then return nil, "unknown" end
   msg.delivered = sched.now() - idle
