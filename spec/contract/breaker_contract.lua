@@ -1,0 +1,169 @@
+-- keel.breaker: the same cases on both backends. The Redis breaker keeps
+-- a time window (the fleet's calls have no common order), so the cases use
+-- window = "time"; size counts seconds there.
+local raises = require("contract.backends").raises
+
+return function(B)
+  local function new(opts) return B.new("breaker", opts) end
+  local function boom() error("boom", 0) end
+
+  local function trip(b, n)
+    for _ = 1, n do
+      local ok, permit = b:allow()
+      assert.is_true(ok)
+      b:record(false, 1, permit)
+    end
+  end
+
+  it("opens at failure_rate after min_calls, refuses with nil, 'open', half-opens after open_ms", function()
+    B.run(function()
+      local b = new { window = "time", size = 60, min_calls = 4, failure_rate = 50, open_ms = 300,
+                      half_open_calls = 1 }
+      local seen = {}
+      b:on_state(function(from, to) seen[#seen + 1] = from .. ">" .. to end)
+      assert.equal("closed", b:state())
+      b:record(true, 1); b:record(true, 1); b:record(false, 1)
+      assert.equal("closed", b:state())
+      b:record(false, 1) -- 2 of 4 failed
+      assert.equal("open", b:state())
+      assert.same({ nil, "open" }, { b:allow() })
+      local called = false
+      assert.same({ nil, "open" }, { b:call(function() called = true end) })
+      assert.is_false(called)
+      B.wait(400)
+      assert.equal("half_open", b:state())
+      local ok, permit = b:allow()
+      assert.is_true(ok)
+      assert.same({ nil, "open" }, { b:allow() }) -- one probe at a time
+      b:record(true, 1, permit)
+      assert.equal("closed", b:state())
+      assert.is_true((b:allow()))
+      assert.same({ "closed>open", "open>half_open", "half_open>closed" }, seen)
+    end)
+  end)
+
+  it("a failed probe opens it again", function()
+    B.run(function()
+      local b = new { window = "time", size = 60, min_calls = 2, open_ms = 300, half_open_calls = 1 }
+      trip(b, 2)
+      assert.equal("open", b:state())
+      B.wait(400)
+      assert.equal("half_open", b:state())
+      local ok, permit = b:allow()
+      assert.is_true(ok)
+      b:record(false, 1, permit)
+      assert.equal("open", b:state())
+    end)
+  end)
+
+  it("cancel() gives a half-open permit back", function()
+    B.run(function()
+      local b = new { window = "time", size = 60, min_calls = 2, open_ms = 300, half_open_calls = 1 }
+      trip(b, 2)
+      B.wait(400)
+      assert.equal("half_open", b:state())
+      local ok, permit = b:allow()
+      assert.is_true(ok)
+      b:cancel(permit)
+      assert.is_true((b:allow()))
+    end)
+  end)
+
+  it("slow calls open it at slow_rate", function()
+    B.run(function()
+      local b = new { window = "time", size = 60, min_calls = 2, slow_ms = 100, slow_rate = 50,
+                      failure_rate = 100 }
+      b:record(true, 150)
+      b:record(true, 5)
+      assert.equal("open", b:state())
+      local fast = new { window = "time", size = 60, min_calls = 2, slow_ms = 100, slow_rate = 100 }
+      fast:record(true, 150)
+      fast:record(true, 5)
+      assert.equal("closed", fast:state()) -- 50% slow < 100%, no failures
+    end)
+  end)
+
+  it("call() returns fn's results and re-raises its error", function()
+    B.run(function()
+      local b = new { window = "time", size = 60 }
+      assert.same({ 1, 2 }, { b:call(function(x) return x, 2 end, 1) })
+      local ok, err = pcall(b.call, b, boom)
+      assert.is_false(ok)
+      assert.equal("boom", err)
+    end)
+  end)
+
+  it("force() moves it to closed, open or half_open", function()
+    B.run(function()
+      local b = new { window = "time", size = 60, open_ms = 60000 }
+      assert.equal(b, b:force("open"))
+      assert.equal("open", b:state())
+      assert.same({ nil, "open" }, { b:allow() })
+      b:force("half_open")
+      assert.equal("half_open", b:state())
+      b:force("closed")
+      assert.equal("closed", b:state())
+      assert.is_true((b:allow()))
+      if B.redis then
+        raises(function() b:force("disabled") end, "breaker:force", "'disabled'", "Redis", "\"closed\"")
+        raises(function() b:force("forced_open") end, "breaker:force", "'forced_open'", "Redis", "\"open\"")
+      end
+    end)
+  end)
+
+  it("takes the same options with the same defaults", function()
+    B.run(function()
+      local b = new { window = "time", size = 20, min_calls = 5, failure_rate = 40, slow_ms = 1000,
+                      slow_rate = 80, open_ms = 1000, half_open_calls = 1, name = "contract-breaker" }
+      assert.equal("closed", b:state())
+      assert.is_table(b:stats())
+      assert.is_string(tostring(b))
+      -- defaults: min_calls 100
+      local d = new { window = "time", size = 60 }
+      trip(d, 99)
+      assert.equal("closed", d:state())
+      trip(d, 1)
+      assert.equal("open", d:state())
+    end)
+  end)
+
+  it("rejects bad options naming the option", function()
+    B.run(function()
+      raises(function() new { window = "hour" } end, "breaker", "option 'window'")
+      raises(function() new { window = "time", size = 0 } end, "breaker", "option 'size'")
+      raises(function() new { min_calls = 0 } end, "breaker", "option 'min_calls'")
+      raises(function() new { failure_rate = 0 } end, "breaker", "option 'failure_rate'")
+      raises(function() new { failure_rate = 101 } end, "breaker", "option 'failure_rate'")
+      raises(function() new { slow_rate = 0 } end, "breaker", "option 'slow_rate'")
+      raises(function() new { slow_ms = -1 } end, "breaker", "option 'slow_ms'")
+      raises(function() new { open_ms = -1 } end, "breaker", "option 'open_ms'")
+      raises(function() new { half_open_calls = 0 } end, "breaker", "option 'half_open_calls'")
+      raises(function() new { name = 5 } end, "breaker", "option 'name'")
+      raises(function() new { rate = 5 } end, "breaker", "unknown option 'rate'")
+      if B.redis then
+        -- what Redis cannot keep is refused with the way to say it there
+        raises(function() new { size = 20 } end, "breaker", "option 'size'", "window = \"time\"")
+        raises(function() new { window = "count" } end, "breaker", "option 'window'", "window = \"time\"")
+        raises(function() new { window = "time", size = 5, half_open_calls = 3 } end, "breaker",
+          "option 'half_open_calls'", "1")
+        raises(function() new { window = "time", size = 5, open_ms = { 100, 1000 } } end, "breaker",
+          "option 'open_ms'", "number")
+      else
+        assert.equal("closed", new({ size = 20 }):state())
+        assert.equal("closed", new({ open_ms = { 100, 1000 } }):state())
+      end
+    end)
+  end)
+
+  it("rejects bad arguments naming the method and argument", function()
+    B.run(function()
+      local b = new { window = "time", size = 60 }
+      raises(function() b:record(true, "1") end, "breaker:record", "argument 'duration_ms'")
+      raises(function() b:record(true, 0 / 0) end, "breaker:record", "argument 'duration_ms'")
+      raises(function() b:call(42) end, "breaker:call", "argument 'fn'")
+      raises(function() b:on_state("f") end, "breaker:on_state", "argument 'fn'")
+      raises(function() b:force("shut") end, "breaker:force", "argument 'state'")
+      raises(function() b.allow() end, "breaker:allow", "call it as a method")
+    end)
+  end)
+end
