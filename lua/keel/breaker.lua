@@ -26,7 +26,7 @@ local Breaker = {}
 Breaker.__index = Breaker
 
 local function self_check(fname, self)
-  if getmetatable(self) ~= Breaker then check.self(fname, self, Breaker) end
+  if getmetatable(self) ~= Breaker then check.self(fname, self, Breaker, 1) end
 end
 
 -- Fires callbacks for queued transitions in order. A callback that triggers

@@ -97,10 +97,13 @@ function check.set(list)
   return s
 end
 
--- For methods: catches obj.method() written for obj:method().
-function check.self(fname, self, mt)
+-- For methods: catches obj.method() written for obj:method(). depth: how
+-- many helper functions stand between the method and this call (0: the
+-- method calls check.self itself), so the error points at the user's line.
+function check.self(fname, self, mt, depth)
   if getmetatable(self) ~= mt then
-    error(string.format("%s: call it as a method (obj:%s(...))", fname, fname:match("[:.]([%w_]+)$") or "method"), 3)
+    error(string.format("%s: call it as a method (obj:%s(...))", fname, fname:match("[:.]([%w_]+)$") or "method"),
+      3 + (depth or 0))
   end
 end
 

@@ -36,6 +36,7 @@ function Counter:add(n)
     error("counter:add: argument 'n' must be an integer in [-2^53, 2^53] (got " .. got .. ")", 2)
   end
   C.keel_counter_add(self.handle, 0, n)
+  return true -- as the Redis counter's add, which can also fail: nil, err
 end
 
 function Counter:value()

@@ -40,7 +40,8 @@ end
 
 local keyarg = require "keel.keyarg"
 
-local function key_of(fname, key) return keyarg(fname, "argument 'key'", key, 3) end
+-- a tail call: keyarg's caller is the method itself (level 2)
+local function key_of(fname, key) return keyarg(fname, "argument 'key'", key, 2) end
 
 function Dedup:seen(key)
   if getmetatable(self) ~= Dedup then check.self("dedup:seen", self, Dedup) end

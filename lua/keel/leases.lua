@@ -56,7 +56,7 @@ local function new(opts)
 end
 
 local function self_check(fname, self)
-  if getmetatable(self) ~= Leases then check.self(fname, self, Leases) end
+  if getmetatable(self) ~= Leases then check.self(fname, self, Leases, 1) end
 end
 
 local function grant(self, key, owner, token)
@@ -262,6 +262,12 @@ function Leases:stats()
     refused_held = C.keel_leases_stat(h, 4), refused_full = C.keel_leases_stat(h, 5),
     lost = C.keel_leases_stat(h, 6), bytes = C.keel_leases_stat(h, 7),
   }
+end
+
+-- The Redis leases' close() ends its release subscription; a local leases
+-- object holds nothing to close (same method names on both backends).
+function Leases:close()
+  self_check("leases:close", self)
 end
 
 function Leases:__tostring()

@@ -10,6 +10,7 @@ local C = require "keel.ffi.queue"
 local sched = require "keel.sched"
 local check = require "keel.check"
 local metrics = require "keel.metrics"
+local queue_levels = require "keel.queue_levels"
 
 local type, error, getmetatable, setmetatable, tostring, pcall, next =
   type, error, getmetatable, setmetatable, tostring, pcall, next
@@ -18,9 +19,13 @@ local floor, huge, max = math.floor, math.huge, math.max
 local Queue = {}
 Queue.__index = Queue
 
-local NEW_OPTS = check.set { "capacity", "visibility_ms", "max_attempts", "dead_letter", "name" }
+local NEW_OPTS = check.set { "capacity", "visibility_ms", "max_attempts", "dead_letter", "name", "priorities" }
+-- options of the Redis queue that configure its connection and delivery
+-- machinery; here they would mean nothing
+local REDIS_ONLY = check.set { "prefix", "group", "consumer", "prefetch", "max_blockers", "block_ms" }
 local PUSH_OPTS = check.set { "delay_ms", "priority", "dedup_key" }
 local POP_OPTS = check.set { "wait_ms" }
+local ACK_OPTS = check.set { "wait" }
 local NACK_OPTS = check.set { "delay_ms", "error" }
 
 -- Longest delay/visibility honoured (~31700 years); the C core clamps the same way.
@@ -236,6 +241,10 @@ function Queue:push(item, opts)
     if key ~= nil then key = check.key(F, "option 'dedup_key'", key) end
   end
   if delay > MAX_MS then delay = MAX_MS end
+  if self.levels and not self.levels[priority] then
+    error(string.format("keel.queue:push: option 'priority' must be one of the queue's priorities "
+      .. "(option 'priorities'; got %s)", tostring(priority)), 2)
+  end
   return push(self, item, priority, delay, key)
 end
 
@@ -267,9 +276,15 @@ function Queue:pop(opts)
   return nil, "timeout"
 end
 
-function Queue:ack(msg)
+-- ack(msg [, {wait}]): wait is the Redis queue's (queue the ack and return);
+-- a local ack is immediate either way.
+function Queue:ack(msg, opts)
   check.self("keel.queue:ack", self, Queue)
   local id, attempt = check_msg("keel.queue:ack", msg)
+  if opts ~= nil then
+    check.opts("keel.queue:ack", opts, ACK_OPTS)
+    check.boolean("keel.queue:ack", "option 'wait'", opts.wait, true)
+  end
   if not id or msg.queue ~= self or C.keel_queue_ack(self.q, id, attempt) ~= 0 then
     return nil, "unknown"
   end
@@ -396,13 +411,36 @@ function Queue:stats()
   }
 end
 
+-- The Redis queue's flush() waits for acks queued with {wait = false} and
+-- close() releases its connections; a local queue has neither, so both
+-- return at once (same method names on both backends).
+function Queue:flush()
+  check.self("keel.queue:flush", self, Queue)
+  return true
+end
+
+function Queue:close()
+  check.self("keel.queue:close", self, Queue)
+end
+
 function Queue:__tostring()
   return "keel.queue(" .. (self.name or "?") .. ")"
 end
 
 return function(opts)
   local F = "keel.queue"
+  for k in pairs(type(opts) == "table" and opts or {}) do
+    if REDIS_ONLY[k] then
+      error(string.format("%s: option '%s' applies to the Redis queue only (add redis = client)", F, tostring(k)), 2)
+    end
+  end
   opts = check.opts(F, opts, NEW_OPTS)
+  local levels = queue_levels.parse(F, opts.priorities)
+  local level_set
+  if levels then
+    level_set = {}
+    for _, l in ipairs(levels) do level_set[l] = true end
+  end
   local capacity = check.integer(F, "option 'capacity'", opts.capacity, 10000, 1, 16777216)
   local vis = opts.visibility_ms
   if vis == nil then vis = 30000 end
@@ -424,7 +462,7 @@ return function(opts)
     q = ffi.gc(q, C.keel_queue_free), span = C.keel_queue_span(q),
     world = w, clock = w.clock,
     capacity = capacity, visibility_ms = vis, max_attempts = max_attempts,
-    dead_letter = dlq, name = name,
+    dead_letter = dlq, name = name, levels = level_set,
     items = {}, keys = {}, index = {}, meta = {}, fails = {},
     waiters = sched.waitqueue(),
     timer = nil, timer_at = huge, timer_ref = false, tgen = 0,

@@ -12,15 +12,18 @@ local FNAME = "keel.ratelimit"
 local OPTS = check.set { "rate", "per_ms", "burst", "keyed", "max_keys", "name" }
 local NEVER, TOO_LONG = -2, -1
 local huge = math.huge
-local type, pcall, error, getmetatable = type, pcall, error, getmetatable
+local type, pcall, error, getmetatable, tostring = type, pcall, error, getmetatable, tostring
 
 local Limiter = {}
 Limiter.__index = Limiter
 local Keyed = {}
 Keyed.__index = Keyed
 
+local function describe(v) return type(v) == "string" and string.format("%q", v) or tostring(v) end
+
+-- called through units() from a method: level 4 is the method's caller
 local function bad_n(fname, n)
-  check.number(fname, "argument 'n'", n, nil, 1e-300, 1e300)
+  error(string.format("%s: argument 'n' must be a number in [1e-300, 1e+300] (got %s)", fname, describe(n)), 4)
 end
 
 local function units(fname, n)
@@ -44,7 +47,10 @@ function Limiter:take(n)
 end
 
 local function wait(self, fname, key, n, timeout)
-  if type(timeout) ~= "nil" then check.number(fname, "argument 'timeout_ms'", timeout, nil, 0) end
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+    -- level 2: the methods tail-call wait, so its caller is theirs
+    error(string.format("%s: argument 'timeout_ms' must be a number >= 0 (got %s)", fname, describe(timeout)), 2)
+  end
   sched.need_task(fname, 3)
   local p = self.p
   local w

@@ -43,7 +43,7 @@ local function new(opts)
 end
 
 local function self_check(fname, self)
-  if getmetatable(self) ~= Registry then check.self(fname, self, Registry) end
+  if getmetatable(self) ~= Registry then check.self(fname, self, Registry, 1) end
 end
 
 -- bind(device, gateway) -> true | nil, "full". Moves the device if it was

@@ -96,7 +96,7 @@ local OPTS = check.set { "redis", "name", "prefix", "window_ms", "buckets", "min
 
 local M = {}
 
-local function self_check(fname, self) common.self(fname, self, Breaker) end
+local function self_check(fname, self) common.self(fname, self, Breaker, 1) end
 
 function M.new(opts)
   local F = "keel.redis.breaker"
