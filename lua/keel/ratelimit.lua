@@ -47,7 +47,8 @@ function Limiter:take(n)
 end
 
 local function wait(self, fname, key, n, timeout)
-  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+  -- type(), not ~= nil: an FFI NULL equals nil
+  if type(timeout) ~= "nil" and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
     -- level 2: the methods tail-call wait, so its caller is theirs
     error(string.format("%s: argument 'timeout_ms' must be a number >= 0 (got %s)", fname, describe(timeout)), 2)
   end

@@ -34,7 +34,9 @@ local function state()
 end
 ]]
 
--- KEYS: w, open, half ; ARGV: calls, fails, window_ms, buckets, min_calls, rate, open_ms
+-- KEYS: w, open, half ; ARGV: calls, fails, window_ms, buckets, min_calls, rate, open_ms, slows, slow_rate
+-- Bucket fields: c<n> calls, f<n> failures, s<n> slow calls (as keel.breaker:
+-- a slow call counts toward slow_rate whether it succeeded or not).
 local RECORD = redis.script(STATE .. [[
 local s = state()
 if s[1] ~= 0 or tonumber(ARGV[1]) == 0 then return s end
@@ -44,17 +46,20 @@ local win, nb = tonumber(ARGV[3]), tonumber(ARGV[4])
 local b = math.floor(now / (win / nb))
 redis.call('HINCRBY', KEYS[1], 'c' .. b, ARGV[1])
 if tonumber(ARGV[2]) > 0 then redis.call('HINCRBY', KEYS[1], 'f' .. b, ARGV[2]) end
+if tonumber(ARGV[8]) > 0 then redis.call('HINCRBY', KEYS[1], 's' .. b, ARGV[8]) end
 redis.call('PEXPIRE', KEYS[1], math.ceil(win * 2))
 local all = redis.call('HGETALL', KEYS[1])
-local calls, fails = 0, 0
+local calls, fails, slows = 0, 0, 0
 for i = 1, #all, 2 do
   local kind, bucket = string.sub(all[i], 1, 1), tonumber(string.sub(all[i], 2))
   if bucket <= b - nb then
     redis.call('HDEL', KEYS[1], all[i])
   elseif kind == 'c' then calls = calls + tonumber(all[i + 1])
+  elseif kind == 's' then slows = slows + tonumber(all[i + 1])
   else fails = fails + tonumber(all[i + 1]) end
 end
-if calls >= tonumber(ARGV[5]) and fails * 100 >= tonumber(ARGV[6]) * calls then
+if calls >= tonumber(ARGV[5]) and (fails * 100 >= tonumber(ARGV[6]) * calls
+                                   or slows * 100 >= tonumber(ARGV[9]) * calls) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[7])
   redis.call('SET', KEYS[3], '1')
   redis.call('DEL', KEYS[1])
@@ -86,21 +91,96 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
 return {1, tonumber(ARGV[3])}
 ]])
 
+-- ARGV: owner: gives the probe lease back (a probe cancelled without an outcome)
+local UNPROBE = redis.script(STATE .. [[
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+return state()
+]])
+
+-- ARGV: state code, open_ms: b:force(state) for the fleet
+local FORCE = redis.script([[
+redis.call('DEL', KEYS[1], KEYS[4])
+if ARGV[1] == '0' then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  return {0, 0}
+end
+redis.call('SET', KEYS[3], '1')
+if ARGV[1] == '1' then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  return {1, tonumber(ARGV[2])}
+end
+redis.call('DEL', KEYS[2])
+return {2, 0}
+]])
+
 local NAMES = { [0] = "closed", "open", "half_open" }
+local CODES = { closed = 0, open = 1, half_open = 2 }
 
 local Breaker = {}
 Breaker.__index = Breaker
 
-local OPTS = check.set { "redis", "name", "prefix", "window_ms", "buckets", "min_calls", "failure_rate",
-  "slow_ms", "open_ms", "probe_ttl_ms", "sync_ms", "fallback_ms", "local_opts" }
+local OPTS = check.set { "redis", "name", "prefix", "window", "size", "window_ms", "buckets", "min_calls",
+  "failure_rate", "slow_ms", "slow_rate", "open_ms", "half_open_calls", "probe_ttl_ms", "sync_ms", "fallback_ms",
+  "local_opts" }
 
 local M = {}
 
 local function self_check(fname, self) common.self(fname, self, Breaker, 1) end
 
+-- keel.breaker's window options, as far as a fleet can keep them: a time
+-- window of `size` seconds (one bucket a second, at most 1000 buckets), or
+-- window_ms/buckets. A count window needs one order of every process's
+-- calls, which the coalesced outcomes do not have: refused, naming the
+-- alternative. -> window_ms, buckets
+local function window_option(F, opts)
+  local window = opts.window
+  if window ~= nil and window ~= "count" and window ~= "time" then
+    error(string.format("%s: option 'window' must be one of count, time (got %s)", F,
+      type(window) == "string" and string.format("%q", window) or tostring(window)), 3)
+  end
+  if window == "count" or (window == nil and opts.size ~= nil) then
+    error(string.format("%s: option '%s' asks for a count window (the last `size` calls), which Redis cannot "
+      .. "keep for a fleet: use window = \"time\", size = <seconds> (or window_ms)",
+      F, window == "count" and "window" or "size"), 3)
+  end
+  if window == "time" and opts.size ~= nil then
+    local size = opts.size
+    if type(size) ~= "number" or size ~= math.floor(size) or size < 1 or size > 1000000 then
+      error(string.format("%s: option 'size' must be an integer in [1, 1000000] (got %s)", F, tostring(size)), 3)
+    end
+    if opts.window_ms ~= nil or opts.buckets ~= nil then
+      error(F .. ": give either size (seconds) or window_ms/buckets, not both", 3)
+    end
+    return size * 1000, math.min(size, 1000)
+  end
+  return opts.window_ms, opts.buckets
+end
+
+-- open_ms: a number (a backoff needs every process's count of openings).
+local function open_option(F, v)
+  if v ~= nil and type(v) ~= "number" then
+    error(string.format("%s: option 'open_ms' takes a number on Redis (got %s): one open period for the "
+      .. "whole fleet; a backoff of open periods is local only", F, tostring(v)), 3)
+  end
+  if v == nil then return 60000 end
+  if v ~= v or v < 0 or v > 1e12 then
+    error(string.format("%s: option 'open_ms' must be a number in [0, 1e12] (got %s)", F, tostring(v)), 3)
+  end
+  return math.max(1, math.ceil(v)) -- PX takes whole milliseconds, at least 1
+end
+
 function M.new(opts)
   local F = "keel.redis.breaker"
   opts = check.opts(F, opts, OPTS)
+  local window_ms, buckets = window_option(F, opts)
+  local slow_rate = check.number(F, "option 'slow_rate'", opts.slow_rate, 100, 0, 100)
+  if slow_rate == 0 then check.number(F, "option 'slow_rate'", 0, nil, 1e-9, 100) end
+  local half_open_calls = check.integer(F, "option 'half_open_calls'", opts.half_open_calls, 1, 1, 2 ^ 31 - 1)
+  if half_open_calls ~= 1 then
+    error(string.format("%s: option 'half_open_calls' must be 1 on Redis (got %d): one process at a time holds "
+      .. "the probe lease and its one call decides; use half_open_calls = 1 or leave it out", F, half_open_calls), 2)
+  end
+  local open_ms = open_option(F, opts.open_ms)
   local prefix = common.prefix(F, opts, "breaker")
   local base = "{" .. prefix .. "}"
   local w = sched.world()
@@ -108,30 +188,32 @@ function M.new(opts)
     redis = common.client(F, opts.redis),
     name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
     keys = { base .. ":w", base .. ":open", base .. ":half", base .. ":probe" },
-    window_ms = check.number(F, "option 'window_ms'", opts.window_ms, 10000, 1, 1e12),
-    buckets = check.integer(F, "option 'buckets'", opts.buckets, 10, 1, 1000),
-    min_calls = check.integer(F, "option 'min_calls'", opts.min_calls, 20, 1, 2 ^ 31),
+    window_ms = check.number(F, "option 'window_ms'", window_ms, 10000, 1, 1e12),
+    buckets = check.integer(F, "option 'buckets'", buckets, 10, 1, 1000),
+    min_calls = check.integer(F, "option 'min_calls'", opts.min_calls, 100, 1, 2 ^ 31 - 1),
     failure_rate = check.number(F, "option 'failure_rate'", opts.failure_rate, 50, 1e-9, 100),
-    slow_ms = check.number(F, "option 'slow_ms'", opts.slow_ms, math.huge, 0),
-    open_ms = math.ceil(check.number(F, "option 'open_ms'", opts.open_ms, 30000, 1, 1e12)),
+    slow_ms = check.number(F, "option 'slow_ms'", opts.slow_ms, 60000, 0, math.huge),
+    slow_rate = slow_rate,
+    open_ms = open_ms,
     probe_ttl_ms = math.ceil(check.number(F, "option 'probe_ttl_ms'", opts.probe_ttl_ms, 10000, 1, 1e12)),
     sync_ms = check.number(F, "option 'sync_ms'", opts.sync_ms, 100, 0, 1e12),
     fallback_ms = check.number(F, "option 'fallback_ms'", opts.fallback_ms, 1000, 0, 1e12),
     owner = string.format("%08x%08x", tonumber(Ccore.keel_rand_next(w.rand) % 0x100000000),
       tonumber(Ccore.keel_rand_next(w.rand) % 0x100000000)),
     st = 0, fresh_until = -math.huge, refreshing = false,
-    pc = 0, pf = 0, flusher = nil,
+    pc = 0, pf = 0, ps = 0, flusher = nil,
     probing = false, fallback_until = -math.huge, last_error = nil,
     callbacks = {},
-    s = { allowed = 0, rejected = 0, calls = 0, failures = 0, probes = 0, opened = 0, redis_errors = 0,
+    s = { allowed = 0, rejected = 0, calls = 0, failures = 0, slow = 0, probes = 0, opened = 0, redis_errors = 0,
           fallback_allowed = 0 },
   }, Breaker)
   local lo = opts.local_opts
   if lo ~= nil and type(lo) ~= "table" then
     error(F .. ": option 'local_opts' must be a table of keel.breaker options (got " .. tostring(lo) .. ")", 2)
   end
-  lo = lo or { window = "count", size = 100, min_calls = self.min_calls, failure_rate = self.failure_rate,
-               open_ms = self.open_ms }
+  lo = lo or { window = "time", size = math.max(1, math.min(1000000, math.ceil(self.window_ms / 1000))),
+               min_calls = self.min_calls, failure_rate = self.failure_rate, slow_ms = self.slow_ms,
+               slow_rate = self.slow_rate, open_ms = self.open_ms, half_open_calls = 1 }
   self.fallback = require("keel.breaker")(lo)
   metrics.register("redis_breaker", self.name, self)
   return self
@@ -168,12 +250,19 @@ local function run(self, script, ...)
   return r
 end
 
-local function flush(self)
+-- Sends the outcomes recorded so far (from the flusher task, or inline from
+-- state() so that it answers after them).
+local function send_outcomes(self)
   while self.pc > 0 do
-    local calls, fails = self.pc, self.pf
-    self.pc, self.pf = 0, 0
-    run(self, RECORD, calls, fails, self.window_ms, self.buckets, self.min_calls, self.failure_rate, self.open_ms)
+    local calls, fails, slows = self.pc, self.pf, self.ps
+    self.pc, self.pf, self.ps = 0, 0, 0
+    run(self, RECORD, calls, fails, self.window_ms, self.buckets, self.min_calls, self.failure_rate, self.open_ms,
+      slows, self.slow_rate)
   end
+end
+
+local function flush(self)
+  send_outcomes(self)
   self.flusher = nil
 end
 
@@ -220,20 +309,24 @@ end
 function Breaker:record(ok, duration_ms, permit)
   self_check("breaker:record", self)
   if duration_ms ~= nil then check.number("breaker:record", "argument 'duration_ms'", duration_ms) end
-  local failed = not ok or (duration_ms ~= nil and duration_ms >= self.slow_ms)
+  local slow = duration_ms ~= nil and duration_ms >= self.slow_ms
   self.s.calls = self.s.calls + 1
-  if failed then self.s.failures = self.s.failures + 1 end
+  if not ok then self.s.failures = self.s.failures + 1 end
+  if slow then self.s.slow = self.s.slow + 1 end
   if permit == "fallback" then
-    self.fallback:record(not failed, duration_ms)
+    self.fallback:record(ok, duration_ms)
     return
   end
   if permit == "probe" then
+    -- one probe call decides, as a half-open keel.breaker with
+    -- half_open_calls = 1: a failure or a slow call (100% >= any rate) reopens
     self.probing = false
-    run(self, SETTLE, self.owner, failed and "0" or "1", self.open_ms)
+    run(self, SETTLE, self.owner, (not ok or slow) and "0" or "1", self.open_ms)
     return
   end
   self.pc = self.pc + 1
-  if failed then self.pf = self.pf + 1 end
+  if not ok then self.pf = self.pf + 1 end
+  if slow then self.ps = self.ps + 1 end
   if not self.flusher then self.flusher = sched.spawn(flush, self) end
 end
 
@@ -248,7 +341,7 @@ function Breaker:call(fn, ...)
   local function finish(success, ...)
     local err = ...
     if not success and err == sched.CANCELLED then
-      if permit == "probe" then self.probing = false end
+      if permit == "probe" or permit == "fallback" then pcall(self.cancel, self, permit) end
       error(err, 0)
     end
     self:record(success, sched.now() - t0, permit)
@@ -258,12 +351,53 @@ function Breaker:call(fn, ...)
   return finish(pcall(fn, ...))
 end
 
--- state() -> "closed" | "open" | "half_open" (the fleet's, as last seen;
--- the local breaker's while Redis is unreachable)
+-- cancel([permit]): an allow() permit given back without an outcome; a
+-- probe's lease is freed so another call (any process's) can probe.
+function Breaker:cancel(permit)
+  self_check("breaker:cancel", self)
+  if permit == "fallback" then return self.fallback:cancel() end
+  if permit == "probe" or (permit == nil and self.probing) then
+    self.probing = false
+    run(self, UNPROBE, self.owner)
+  end
+end
+
+-- state() -> "closed" | "open" | "half_open": the fleet's, after this
+-- process's outcomes recorded so far, re-read when older than sync_ms (so
+-- open -> half_open is noticed as keel.breaker notices it); the local
+-- breaker's while Redis is unreachable. Outside a task: as last seen.
 function Breaker:state()
   self_check("breaker:state", self)
+  if not in_fallback(self) and sched.current() and not self.refreshing then
+    self.refreshing = true
+    local ok, e = pcall(function()
+      send_outcomes(self)
+      if sched.now() >= self.fresh_until and not in_fallback(self) then run(self, READ) end
+    end)
+    self.refreshing = false
+    if not ok then error(e, 0) end -- cancelled
+  end
   if in_fallback(self) then return self.fallback:state() end
   return NAMES[self.st]
+end
+
+-- force(state) -> b: "closed", "open" (a normal open period) or "half_open"
+-- for the whole fleet | nil, err. keel.breaker's "forced_open" and
+-- "disabled" never move by themselves: a fleet has no such state.
+function Breaker:force(state)
+  self_check("breaker:force", self)
+  if state == "forced_open" or state == "disabled" then
+    error(string.format("breaker:force: state '%s' is not available on Redis (the fleet breaker has no state "
+      .. "that never moves by itself): use b:force(%q)%s", state, state == "disabled" and "closed" or "open",
+      state == "forced_open" and " with a long open_ms" or ""), 2)
+  end
+  local code = CODES[state]
+  if not code then check.oneof("breaker:force", "argument 'state'", state, nil,
+    { "closed", "open", "half_open", "forced_open", "disabled" }) end
+  self.pc, self.pf, self.ps = 0, 0, 0
+  self.probing = false
+  if not run(self, FORCE, code, self.open_ms) then return nil, self.last_error end
+  return self
 end
 
 -- Re-reads the fleet state now.

@@ -28,7 +28,7 @@ function M.new(opts)
       .. "with ttl_ms and Redis memory with maxmemory", 2)
   end
   local ttl = opts.ttl_ms
-  if ttl ~= nil and (type(ttl) ~= "number" or not (ttl > 0 and ttl <= 1e15)) then
+  if type(ttl) ~= "nil" and (type(ttl) ~= "number" or not (ttl > 0 and ttl <= 1e15)) then
     error(string.format("%s: option 'ttl_ms' must be a finite number > 0 (at most 1e15) or nil (got %s)", F,
       type(ttl) == "string" and string.format("%q", ttl) or tostring(ttl)), 2)
   end

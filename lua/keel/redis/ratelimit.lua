@@ -113,7 +113,8 @@ function Limiter:wait(a, b, c)
   common.self(F, self, Limiter)
   local key, n, timeout
   if self.keyed then key, n = args(self, F, a, b); timeout = c else key, n = args(self, F, a); timeout = b end
-  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+  -- type(), not ~= nil: an FFI NULL equals nil
+  if type(timeout) ~= "nil" and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
     check.number(F, "argument 'timeout_ms'", timeout, nil, 0)
   end
   sched.need_task(F, 2)
