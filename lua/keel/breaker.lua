@@ -13,6 +13,8 @@ local new_backoff = require "keel.backoff"
 local FNAME = "keel.breaker"
 local OPTS = check.set { "window", "size", "min_calls", "failure_rate", "slow_ms", "slow_rate",
                          "open_ms", "half_open_calls", "name" }
+local REDIS_ONLY = check.set { "prefix", "window_ms", "buckets", "probe_ttl_ms", "sync_ms", "fallback_ms",
+                               "local_opts" }
 local NAMES = { [0] = "closed", "open", "half_open", "forced_open", "disabled" }
 local CODES = { closed = 0, open = 1, half_open = 2, forced_open = 3, disabled = 4 }
 local OPEN = 1
@@ -187,6 +189,7 @@ local function open_option(v)
 end
 
 return function(opts)
+  check.redis_only(FNAME, opts, REDIS_ONLY)
   opts = check.opts(FNAME, opts, OPTS)
   local window = check.oneof(FNAME, "option 'window'", opts.window, "count", { "count", "time" })
   local size = check.integer(FNAME, "option 'size'", opts.size, 100, 1, 1000000)

@@ -13,9 +13,11 @@ local Counter = {}
 Counter.__index = Counter
 
 local OPTS = check.set { "shards", "name" }
+local REDIS_ONLY = check.set { "prefix" }
 
 local function new(opts)
   local F = "keel.counter"
+  check.redis_only(F, opts, REDIS_ONLY)
   opts = check.opts(F, opts, OPTS)
   local shards = check.integer(F, "option 'shards'", opts.shards, 1, 1, 1024)
   local name = opts.name

@@ -23,6 +23,7 @@ local Lease = {}
 Lease.__index = Lease
 
 local OPTS = check.set { "ttl_ms", "max", "name" }
+local REDIS_ONLY = check.set { "prefix", "poll_ms", "notify" }
 local ACQ_OPTS = check.set { "ttl_ms", "wait_ms" }
 
 local function ttl_arg(fname, what, v, default)
@@ -36,6 +37,7 @@ end
 
 local function new(opts)
   local F = "keel.leases"
+  check.redis_only(F, opts, REDIS_ONLY)
   opts = check.opts(F, opts, OPTS)
   local ttl = ttl_arg(F, "option 'ttl_ms'", opts.ttl_ms, 10000)
   local max = check.integer(F, "option 'max'", opts.max, 100000, 1, 2 ^ 32 - 2)

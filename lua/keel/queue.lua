@@ -429,11 +429,7 @@ end
 
 return function(opts)
   local F = "keel.queue"
-  for k in pairs(type(opts) == "table" and opts or {}) do
-    if REDIS_ONLY[k] then
-      error(string.format("%s: option '%s' applies to the Redis queue only (add redis = client)", F, tostring(k)), 2)
-    end
-  end
+  check.redis_only(F, opts, REDIS_ONLY)
   opts = check.opts(F, opts, NEW_OPTS)
   local levels = queue_levels.parse(F, opts.priorities)
   local level_set

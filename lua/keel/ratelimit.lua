@@ -10,6 +10,7 @@ local metrics = require "keel.metrics"
 
 local FNAME = "keel.ratelimit"
 local OPTS = check.set { "rate", "per_ms", "burst", "keyed", "max_keys", "name" }
+local REDIS_ONLY = check.set { "prefix" }
 local NEVER, TOO_LONG = -2, -1
 local huge = math.huge
 local type, pcall, error, getmetatable, tostring = type, pcall, error, getmetatable, tostring
@@ -120,6 +121,7 @@ function Limiter:stats() check.self("ratelimit:stats", self, Limiter); return st
 function Keyed:stats() check.self("ratelimit:stats", self, Keyed); return stats(self) end
 
 return function(opts)
+  check.redis_only(FNAME, opts, REDIS_ONLY)
   opts = check.opts(FNAME, opts, OPTS)
   local rate = check.number(FNAME, "option 'rate'", opts.rate, nil, 1e-9, 1e12)
   local per_ms = check.number(FNAME, "option 'per_ms'", opts.per_ms, 1000, 1e-9, 1e12)

@@ -17,9 +17,11 @@ local Registry = {}
 Registry.__index = Registry
 
 local OPTS = check.set { "ttl_ms", "max", "name" }
+local REDIS_ONLY = check.set { "prefix" }
 
 local function new(opts)
   local F = "keel.registry"
+  check.redis_only(F, opts, REDIS_ONLY)
   opts = check.opts(F, opts, OPTS)
   local ttl = opts.ttl_ms
   if ttl == nil then

@@ -140,6 +140,11 @@ return function(B)
       raises(function() new { half_open_calls = 0 } end, "breaker", "option 'half_open_calls'")
       raises(function() new { name = 5 } end, "breaker", "option 'name'")
       raises(function() new { rate = 5 } end, "breaker", "unknown option 'rate'")
+      -- the Redis variant's own options, without redis = client, say so
+      if not B.redis then
+        raises(function() new { sync_ms = 1 } end, "breaker", "option 'sync_ms'",
+          "Redis backend only", "redis = client")
+      end
       if B.redis then
         -- what Redis cannot keep is refused with the way to say it there
         raises(function() new { size = 20 } end, "breaker", "option 'size'", "window = \"time\"")

@@ -37,6 +37,11 @@ return function(B)
       raises(function() new { shards = 1.5 } end, "counter", "option 'shards'")
       raises(function() new { name = {} } end, "counter", "option 'name'")
       raises(function() new { shard = 2 } end, "counter", "unknown option 'shard'")
+      -- the Redis variant's own options, without redis = client, say so
+      if not B.redis then
+        raises(function() new { prefix = 1 } end, "counter", "option 'prefix'",
+          "Redis backend only", "redis = client")
+      end
       raises(function() B.new("counter", 5) end, "counter", "options must be a table")
     end)
   end)

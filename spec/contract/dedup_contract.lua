@@ -44,6 +44,11 @@ return function(B)
       raises(function() new { ttl_ms = math.huge } end, "dedup", "option 'ttl_ms'")
       raises(function() new { name = 5 } end, "dedup", "option 'name'")
       raises(function() new { ttl = 5 } end, "dedup", "unknown option 'ttl'")
+      -- the Redis variant's own options, without redis = client, say so
+      if not B.redis then
+        raises(function() new { prefix = 1 } end, "dedup", "option 'prefix'",
+          "Redis backend only", "redis = client")
+      end
     end)
   end)
 

@@ -78,6 +78,11 @@ return function(B)
       raises(function() new { ttl_ms = math.huge } end, "leases", "option 'ttl_ms'")
       raises(function() new { name = 1 } end, "leases", "option 'name'")
       raises(function() new { ttl = 1 } end, "leases", "unknown option 'ttl'")
+      -- the Redis variant's own options, without redis = client, say so
+      if not B.redis then
+        raises(function() new { poll_ms = 1 } end, "leases", "option 'poll_ms'",
+          "Redis backend only", "redis = client")
+      end
       if B.redis then
         raises(function() new { max = 10 } end, "leases", "option 'max'", "Redis")
       else

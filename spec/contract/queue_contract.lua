@@ -129,6 +129,11 @@ return function(B)
       raises(function() new { priorities = { 1.5 } } end, "queue", "option 'priorities'")
       raises(function() new { name = 1 } end, "queue", "option 'name'")
       raises(function() new { visibility = 5 } end, "queue", "unknown option 'visibility'")
+      -- the Redis variant's own options, without redis = client, say so
+      if not B.redis then
+        raises(function() new { prefetch = 1 } end, "queue", "option 'prefetch'",
+          "Redis backend only", "redis = client")
+      end
     end)
   end)
 

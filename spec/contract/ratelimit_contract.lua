@@ -71,6 +71,11 @@ return function(B)
       raises(function() new { rate = 1, keyed = "yes" } end, "ratelimit", "option 'keyed'")
       raises(function() new { rate = 1, max_keys = 10 } end, "ratelimit", "option 'max_keys'", "keyed = true")
       raises(function() new { rate = 1, burts = 2 } end, "ratelimit", "unknown option 'burts'")
+      -- the Redis variant's own options, without redis = client, say so
+      if not B.redis then
+        raises(function() new { rate = 1, prefix = 1 } end, "ratelimit", "option 'prefix'",
+          "Redis backend only", "redis = client")
+      end
       if B.redis then
         raises(function() new { rate = 1, keyed = true, max_keys = 10 } end, "ratelimit", "option 'max_keys'",
           "Redis")

@@ -68,6 +68,11 @@ return function(B)
       raises(function() new { max = 2 ^ 32 } end, "registry", "option 'max'")
       raises(function() new { max = 1.5 } end, "registry", "option 'max'")
       raises(function() new { ttl = 1 } end, "registry", "unknown option 'ttl'")
+      -- the Redis variant's own options, without redis = client, say so
+      if not B.redis then
+        raises(function() new { prefix = 1 } end, "registry", "option 'prefix'",
+          "Redis backend only", "redis = client")
+      end
     end)
   end)
 
