@@ -17,7 +17,7 @@ return function(B)
 
   it("opens at failure_rate after min_calls, refuses with nil, 'open', half-opens after open_ms", function()
     B.run(function()
-      local b = new { window = "time", size = 60, min_calls = 4, failure_rate = 50, open_ms = 300,
+      local b = new { window = "time", size = 60, min_calls = 4, failure_rate = 50, open_ms = 1000,
                       half_open_calls = 1 }
       local seen = {}
       b:on_state(function(from, to) seen[#seen + 1] = from .. ">" .. to end)
@@ -30,7 +30,7 @@ return function(B)
       local called = false
       assert.same({ nil, "open" }, { b:call(function() called = true end) })
       assert.is_false(called)
-      B.wait(400)
+      B.wait(1000)
       assert.equal("half_open", b:state())
       local ok, permit = b:allow()
       assert.is_true(ok)
@@ -44,10 +44,10 @@ return function(B)
 
   it("a failed probe opens it again", function()
     B.run(function()
-      local b = new { window = "time", size = 60, min_calls = 2, open_ms = 300, half_open_calls = 1 }
+      local b = new { window = "time", size = 60, min_calls = 2, open_ms = 1000, half_open_calls = 1 }
       trip(b, 2)
       assert.equal("open", b:state())
-      B.wait(400)
+      B.wait(1000)
       assert.equal("half_open", b:state())
       local ok, permit = b:allow()
       assert.is_true(ok)
@@ -58,9 +58,9 @@ return function(B)
 
   it("cancel() gives a half-open permit back", function()
     B.run(function()
-      local b = new { window = "time", size = 60, min_calls = 2, open_ms = 300, half_open_calls = 1 }
+      local b = new { window = "time", size = 60, min_calls = 2, open_ms = 1000, half_open_calls = 1 }
       trip(b, 2)
-      B.wait(400)
+      B.wait(1000)
       assert.equal("half_open", b:state())
       local ok, permit = b:allow()
       assert.is_true(ok)
