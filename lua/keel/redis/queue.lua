@@ -435,7 +435,11 @@ function M.new(opts)
   local client = common.client(F, opts.redis)
   local name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil
   local prefix = common.prefix(F, opts, "queue")
-  local vis = check.number(F, "option 'visibility_ms'", opts.visibility_ms, 30000, 1, 1e12)
+  local vis = opts.visibility_ms -- as keel.queue's: any number in (0, 1e15], whole ms here
+  if vis == nil then vis = 30000 end
+  if type(vis) ~= "number" or not (vis > 0 and vis <= 1e15) then
+    error(string.format("%s: option 'visibility_ms' must be a number in (0, 1e15] (got %s)", F, tostring(vis)), 2)
+  end
   local levels = parse_levels(F, opts.priorities)
   local base = "{" .. prefix .. "}:s"
   local self = setmetatable({
@@ -448,8 +452,8 @@ function M.new(opts)
     group = check.string(F, "option 'group'", opts.group, "keel"),
     consumer = opts.consumer ~= nil and check.string(F, "option 'consumer'", opts.consumer) or default_consumer(),
     capacity = check.integer(F, "option 'capacity'", opts.capacity, 10000, 1, 2 ^ 53),
-    visibility_ms = floor(vis),
-    max_attempts = check.integer(F, "option 'max_attempts'", opts.max_attempts, 5, 1, 1e9),
+    visibility_ms = math.ceil(vis),
+    max_attempts = check.integer(F, "option 'max_attempts'", opts.max_attempts, 5, 1, 2147483647),
     prefetch = check.integer(F, "option 'prefetch'", opts.prefetch, 16, 1, 10000),
     max_blockers = check.integer(F, "option 'max_blockers'", opts.max_blockers, 4, 0, 1000),
     block_ms = check.number(F, "option 'block_ms'", opts.block_ms, min(1000, math.max(1, floor(vis / 2))), 1, 1e9),
