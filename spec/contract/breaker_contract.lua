@@ -1,6 +1,4 @@
--- keel.breaker: the same cases on both backends. The Redis breaker keeps
--- a time window (the fleet's calls have no common order), so the cases use
--- window = "time"; size counts seconds there.
+-- keel.breaker: the same cases on both backends, with both windows.
 local raises = require("contract.backends").raises
 
 return function(B)
@@ -15,9 +13,11 @@ return function(B)
     end
   end
 
-  it("opens at failure_rate after min_calls, refuses with nil, 'open', half-opens after open_ms", function()
+  for _, window in ipairs { "count", "time" } do
+  it(window .. " window: opens at failure_rate after min_calls, refuses with nil, 'open', half-opens after open_ms",
+    function()
     B.run(function()
-      local b = new { window = "time", size = 60, min_calls = 4, failure_rate = 50, open_ms = 1000,
+      local b = new { window = window, size = 60, min_calls = 4, failure_rate = 50, open_ms = 1000,
                       half_open_calls = 1 }
       local seen = {}
       b:on_state(function(from, to) seen[#seen + 1] = from .. ">" .. to end)
@@ -39,6 +39,20 @@ return function(B)
       assert.equal("closed", b:state())
       assert.is_true((b:allow()))
       assert.same({ "closed>open", "open>half_open", "half_open>closed" }, seen)
+    end)
+  end)
+  end
+
+  it("count window: the oldest outcome leaves as a new one comes", function()
+    B.run(function()
+      local b = new { size = 4, min_calls = 4, failure_rate = 75, open_ms = 60000 }
+      local function rec(ok) b:record(ok, 1); return b:state() end
+      rec(false); rec(false); rec(true)
+      assert.equal("closed", rec(true))  -- F F S S: 50%
+      assert.equal("closed", rec(true))  -- F S S S: 25%
+      rec(false)
+      assert.equal("closed", rec(false)) -- S S F F: 50%
+      assert.equal("open", rec(false))   -- S F F F: 75%
     end)
   end)
 
@@ -118,12 +132,18 @@ return function(B)
       assert.equal("closed", b:state())
       assert.is_table(b:stats())
       assert.is_string(tostring(b))
-      -- defaults: min_calls 100
-      local d = new { window = "time", size = 60 }
-      trip(d, 99)
-      assert.equal("closed", d:state())
+      -- defaults: a count window of 100 calls, min_calls 100, failure_rate 50
+      local d = new {}
+      trip(d, 49)
+      for _ = 1, 50 do d:record(true, 1) end
+      assert.equal("closed", d:state()) -- 99 calls
       trip(d, 1)
-      assert.equal("open", d:state())
+      assert.equal("open", d:state())   -- 50 of 100
+      local t = new { window = "time" } -- the last 100 seconds
+      trip(t, 99)
+      assert.equal("closed", t:state())
+      trip(t, 1)
+      assert.equal("open", t:state())
     end)
   end)
 
@@ -145,16 +165,17 @@ return function(B)
         raises(function() new { sync_ms = 1 } end, "breaker", "option 'sync_ms'",
           "Redis backend only", "redis = client")
       end
+      raises(function() new { size = 1000001 } end, "breaker", "option 'size'")
+      raises(function() new { size = 2.5 } end, "breaker", "option 'size'")
+      -- the issue's example: "change one option"
+      assert.equal("closed", new({ size = 20 }):state())
+      assert.equal("closed", new({ window = "count", size = 20, min_calls = 10 }):state())
       if B.redis then
         -- what Redis cannot keep is refused with the way to say it there
-        raises(function() new { size = 20 } end, "breaker", "option 'size'", "window = \"time\"")
-        raises(function() new { window = "count" } end, "breaker", "option 'window'", "window = \"time\"")
-        raises(function() new { window = "time", size = 5, half_open_calls = 3 } end, "breaker",
-          "option 'half_open_calls'", "1")
-        raises(function() new { window = "time", size = 5, open_ms = { 100, 1000 } } end, "breaker",
-          "option 'open_ms'", "number")
+        raises(function() new { size = 5, half_open_calls = 3 } end, "breaker", "option 'half_open_calls'", "1")
+        raises(function() new { size = 5, open_ms = { 100, 1000 } } end, "breaker", "option 'open_ms'", "number")
       else
-        assert.equal("closed", new({ size = 20 }):state())
+        assert.equal("closed", new({ half_open_calls = 3 }):state())
         assert.equal("closed", new({ open_ms = { 100, 1000 } }):state())
       end
     end)

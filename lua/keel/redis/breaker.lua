@@ -1,6 +1,7 @@
 -- keel.redis.breaker: a circuit breaker shared by a fleet (opt-in). Outcomes
--- from every process land in one time window in Redis; when the combined
--- window crosses the threshold the breaker opens for everyone. After
+-- from every process land in one window in Redis (the fleet's last `size`
+-- calls, or its last `size` seconds); when the combined window crosses the
+-- threshold the breaker opens for everyone. After
 -- open_ms it is half-open and a probe lease (SET NX PX) lets exactly one
 -- process send the probe call; its outcome closes or re-opens it for all.
 -- If Redis cannot be reached, each process falls back to a local
@@ -9,8 +10,9 @@
 --   local b = require("keel.redis.breaker").new{ redis = client, name = "payments" }
 --   local ok, err = b:call(fn, ...)      -- or b:allow() ... b:record(ok, ms)
 --
--- Keys (one hash tag): {p}:w window buckets (hash), {p}:open (PX open_ms),
--- {p}:half (set while not closed), {p}:probe (the probe lease).
+-- Keys (one hash tag): {p}:w window buckets or count-window totals (hash),
+-- {p}:ring the count window's outcomes, {p}:open (PX open_ms), {p}:half (set
+-- while not closed), {p}:probe (the probe lease).
 -- Outcomes are sent coalesced: at most one script in flight per breaker per
 -- process, carrying every outcome recorded meanwhile; each reply carries the
 -- fleet state, and allow() re-reads it when older than sync_ms.
@@ -62,9 +64,49 @@ if calls >= tonumber(ARGV[5]) and (fails * 100 >= tonumber(ARGV[6]) * calls
                                    or slows * 100 >= tonumber(ARGV[9]) * calls) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[7])
   redis.call('SET', KEYS[3], '1')
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[5])
   return {1, tonumber(ARGV[7]), 1}
 end
+return {0, 0}
+]])
+
+-- The count window: the fleet's last `size` outcomes in the order they
+-- reached Redis (each process's batch in its own order), a ring of one byte
+-- per call in {p}:ring ('0' ok, '1' failed, '2' slow, '3' slow and failed)
+-- with its position and running totals in {p}:w. An idle window is
+-- forgotten after a day (IDLE_MS), so abandoned breakers do not stay.
+-- KEYS: w, open, half, probe, ring ; ARGV: outcomes, size, min_calls, rate, open_ms, slow_rate, idle_ms
+local RECORD_COUNT = redis.script(STATE .. [[
+local s = state()
+local out = ARGV[1]
+if s[1] ~= 0 or #out == 0 then return s end
+local size = tonumber(ARGV[2])
+local w = redis.call('HMGET', KEYS[1], 'pos', 'n', 'f', 's')
+local pos, n, nf, ns = tonumber(w[1] or '0'), tonumber(w[2] or '0'), tonumber(w[3] or '0'), tonumber(w[4] or '0')
+for i = 1, #out do
+  local c = string.byte(out, i) - 48
+  if n >= size then
+    local old = string.byte(redis.call('GETRANGE', KEYS[5], pos, pos)) - 48
+    if old % 2 == 1 then nf = nf - 1 end
+    if old >= 2 then ns = ns - 1 end
+  else
+    n = n + 1
+  end
+  redis.call('SETRANGE', KEYS[5], pos, string.sub(out, i, i))
+  if c % 2 == 1 then nf = nf + 1 end
+  if c >= 2 then ns = ns + 1 end
+  pos = (pos + 1) % size
+end
+local min_calls = math.min(tonumber(ARGV[3]), size)
+if n >= min_calls and (nf * 100 >= tonumber(ARGV[4]) * n or ns * 100 >= tonumber(ARGV[6]) * n) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
+  redis.call('SET', KEYS[3], '1')
+  redis.call('DEL', KEYS[1], KEYS[5])
+  return {1, tonumber(ARGV[5]), 1}
+end
+redis.call('HSET', KEYS[1], 'pos', pos, 'n', n, 'f', nf, 's', ns)
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('PEXPIRE', KEYS[5], ARGV[7])
 return {0, 0}
 ]])
 
@@ -84,7 +126,7 @@ local SETTLE = redis.script(STATE .. [[
 if redis.call('GET', KEYS[4]) ~= ARGV[1] then return state() end
 redis.call('DEL', KEYS[4])
 if ARGV[2] == '1' then
-  redis.call('DEL', KEYS[2], KEYS[3], KEYS[1])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[1], KEYS[5])
   return {0, 0}
 end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
@@ -99,7 +141,7 @@ return state()
 
 -- ARGV: state code, open_ms: b:force(state) for the fleet
 local FORCE = redis.script([[
-redis.call('DEL', KEYS[1], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
 if ARGV[1] == '0' then
   redis.call('DEL', KEYS[2], KEYS[3])
   return {0, 0}
@@ -127,33 +169,31 @@ local M = {}
 
 local function self_check(fname, self) common.self(fname, self, Breaker, 1) end
 
--- keel.breaker's window options, as far as a fleet can keep them: a time
--- window of `size` seconds (one bucket a second, at most 1000 buckets), or
--- window_ms/buckets. A count window needs one order of every process's
--- calls, which the coalesced outcomes do not have: refused, naming the
--- alternative. -> window_ms, buckets
+-- keel.breaker's window options: window = "count" (default; the fleet's
+-- last `size` calls) or "time" (the last `size` seconds, one bucket a
+-- second up to 1000 buckets, or window_ms/buckets, the Redis-only spelling,
+-- which also selects a time window). -> kind, size, window_ms, buckets
 local function window_option(F, opts)
-  local window = opts.window
+  local window, size = opts.window, opts.size
   if window ~= nil and window ~= "count" and window ~= "time" then
     error(string.format("%s: option 'window' must be one of count, time (got %s)", F,
       type(window) == "string" and string.format("%q", window) or tostring(window)), 3)
   end
-  if window == "count" or (window == nil and opts.size ~= nil) then
-    error(string.format("%s: option '%s' asks for a count window (the last `size` calls), which Redis cannot "
-      .. "keep for a fleet: use window = \"time\", size = <seconds> (or window_ms)",
-      F, window == "count" and "window" or "size"), 3)
+  if size ~= nil and (type(size) ~= "number" or size ~= math.floor(size) or size < 1 or size > 1000000) then
+    error(string.format("%s: option 'size' must be an integer in [1, 1000000] (got %s)", F, tostring(size)), 3)
   end
-  if window == "time" and opts.size ~= nil then
-    local size = opts.size
-    if type(size) ~= "number" or size ~= math.floor(size) or size < 1 or size > 1000000 then
-      error(string.format("%s: option 'size' must be an integer in [1, 1000000] (got %s)", F, tostring(size)), 3)
-    end
-    if opts.window_ms ~= nil or opts.buckets ~= nil then
-      error(F .. ": give either size (seconds) or window_ms/buckets, not both", 3)
-    end
-    return size * 1000, math.min(size, 1000)
+  local spans = opts.window_ms ~= nil or opts.buckets ~= nil
+  if window == nil then window = spans and "time" or "count" end
+  if spans and window == "count" then
+    error(F .. ": options 'window_ms'/'buckets' shape a time window: use window = \"time\" with them", 3)
   end
-  return opts.window_ms, opts.buckets
+  if spans and size ~= nil then
+    error(F .. ": give either size (seconds) or window_ms/buckets, not both", 3)
+  end
+  if window == "count" then return "count", size or 100 end
+  if spans then return "time", nil, opts.window_ms, opts.buckets end
+  size = size or 100
+  return "time", size, size * 1000, math.min(size, 1000)
 end
 
 -- open_ms: a number (a backoff needs every process's count of openings).
@@ -172,7 +212,7 @@ end
 function M.new(opts)
   local F = "keel.redis.breaker"
   opts = check.opts(F, opts, OPTS)
-  local window_ms, buckets = window_option(F, opts)
+  local window, size, window_ms, buckets = window_option(F, opts)
   local slow_rate = check.number(F, "option 'slow_rate'", opts.slow_rate, 100, 0, 100)
   if slow_rate == 0 then check.number(F, "option 'slow_rate'", 0, nil, 1e-9, 100) end
   local half_open_calls = check.integer(F, "option 'half_open_calls'", opts.half_open_calls, 1, 1, 2 ^ 31 - 1)
@@ -187,9 +227,10 @@ function M.new(opts)
   local self = setmetatable({
     redis = common.client(F, opts.redis),
     name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
-    keys = { base .. ":w", base .. ":open", base .. ":half", base .. ":probe" },
-    window_ms = check.number(F, "option 'window_ms'", window_ms, 10000, 1, 1e12),
-    buckets = check.integer(F, "option 'buckets'", buckets, 10, 1, 1000),
+    keys = { base .. ":w", base .. ":open", base .. ":half", base .. ":probe", base .. ":ring" },
+    window = window, size = size,
+    window_ms = window == "time" and check.number(F, "option 'window_ms'", window_ms, 10000, 1, 1e12) or nil,
+    buckets = window == "time" and check.integer(F, "option 'buckets'", buckets, 10, 1, 1000) or nil,
     min_calls = check.integer(F, "option 'min_calls'", opts.min_calls, 100, 1, 2 ^ 31 - 1),
     failure_rate = check.number(F, "option 'failure_rate'", opts.failure_rate, 50, 1e-9, 100),
     slow_ms = check.number(F, "option 'slow_ms'", opts.slow_ms, 60000, 0, math.huge),
@@ -201,7 +242,7 @@ function M.new(opts)
     owner = string.format("%08x%08x", tonumber(Ccore.keel_rand_next(w.rand) % 0x100000000),
       tonumber(Ccore.keel_rand_next(w.rand) % 0x100000000)),
     st = 0, fresh_until = -math.huge, refreshing = false,
-    pc = 0, pf = 0, ps = 0, flusher = nil,
+    pc = 0, pf = 0, ps = 0, pend = {}, np = 0, flusher = nil,
     probing = false, fallback_until = -math.huge, last_error = nil,
     callbacks = {},
     s = { allowed = 0, rejected = 0, calls = 0, failures = 0, slow = 0, probes = 0, opened = 0, redis_errors = 0,
@@ -211,7 +252,8 @@ function M.new(opts)
   if lo ~= nil and type(lo) ~= "table" then
     error(F .. ": option 'local_opts' must be a table of keel.breaker options (got " .. tostring(lo) .. ")", 2)
   end
-  lo = lo or { window = "time", size = math.max(1, math.min(1000000, math.ceil(self.window_ms / 1000))),
+  lo = lo or { window = window,
+               size = size or math.max(1, math.min(1000000, math.ceil(self.window_ms / 1000))),
                min_calls = self.min_calls, failure_rate = self.failure_rate, slow_ms = self.slow_ms,
                slow_rate = self.slow_rate, open_ms = self.open_ms, half_open_calls = 1 }
   self.fallback = require("keel.breaker")(lo)
@@ -244,7 +286,8 @@ end
 local function in_fallback(self) return sched.now() < self.fallback_until end
 
 local function run(self, script, ...)
-  local r, err = self.redis:eval(script, 4, self.keys[1], self.keys[2], self.keys[3], self.keys[4], ...)
+  local k = self.keys
+  local r, err = self.redis:eval(script, 5, k[1], k[2], k[3], k[4], k[5], ...)
   if not r then redis_failed(self, err); return nil end
   set_state(self, r[1], r[2])
   return r
@@ -252,7 +295,17 @@ end
 
 -- Sends the outcomes recorded so far (from the flusher task, or inline from
 -- state() so that it answers after them).
+local OUTCOME = { [0] = "0", "1", "2", "3" } -- bit 0: failed, bit 1: slow
+local IDLE_MS = 86400000
+
 local function send_outcomes(self)
+  while self.np > 0 do
+    -- only the last `size` outcomes can still be in the window
+    local pend, n = self.pend, self.np
+    self.pend, self.np = {}, 0
+    run(self, RECORD_COUNT, table.concat(pend, "", n > self.size and n - self.size + 1 or 1, n), self.size,
+      self.min_calls, self.failure_rate, self.open_ms, self.slow_rate, IDLE_MS)
+  end
   while self.pc > 0 do
     local calls, fails, slows = self.pc, self.pf, self.ps
     self.pc, self.pf, self.ps = 0, 0, 0
@@ -324,9 +377,15 @@ function Breaker:record(ok, duration_ms, permit)
     run(self, SETTLE, self.owner, (not ok or slow) and "0" or "1", self.open_ms)
     return
   end
-  self.pc = self.pc + 1
-  if not ok then self.pf = self.pf + 1 end
-  if slow then self.ps = self.ps + 1 end
+  if self.window == "count" then
+    local n = self.np + 1
+    self.np = n
+    self.pend[n] = OUTCOME[(ok and 0 or 1) + (slow and 2 or 0)]
+  else
+    self.pc = self.pc + 1
+    if not ok then self.pf = self.pf + 1 end
+    if slow then self.ps = self.ps + 1 end
+  end
   if not self.flusher then self.flusher = sched.spawn(flush, self) end
 end
 
@@ -394,7 +453,7 @@ function Breaker:force(state)
   local code = CODES[state]
   if not code then check.oneof("breaker:force", "argument 'state'", state, nil,
     { "closed", "open", "half_open", "forced_open", "disabled" }) end
-  self.pc, self.pf, self.ps = 0, 0, 0
+  self.pc, self.pf, self.ps, self.pend, self.np = 0, 0, 0, {}, 0
   self.probing = false
   if not run(self, FORCE, code, self.open_ms) then return nil, self.last_error end
   return self
