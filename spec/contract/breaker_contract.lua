@@ -1,4 +1,5 @@
 -- keel.breaker: the same cases on both backends, with both windows.
+local keel = require "keel"
 local raises = require("contract.backends").raises
 
 return function(B)
@@ -67,6 +68,26 @@ return function(B)
       assert.is_true(ok)
       b:record(false, 1, permit)
       assert.equal("open", b:state())
+    end)
+  end)
+
+  it("open_ms = {base_ms, cap_ms, factor}: consecutive openings last longer", function()
+    B.run(function()
+      local b = new { size = 10, min_calls = 2, open_ms = { 1000, 100000, 10 }, half_open_calls = 1 }
+      trip(b, 2)
+      assert.equal("open", b:state())
+      B.wait(1000)
+      assert.equal("half_open", b:state())
+      local ok, permit = b:allow()
+      assert.is_true(ok)
+      b:record(false, 1, permit)
+      assert.equal("open", b:state())
+      B.wait(1000)
+      assert.equal("open", b:state()) -- the second opening lasts 10 s
+      b:force("closed")                -- a close starts the count again
+      trip(b, 2)
+      B.wait(1000)
+      assert.equal("half_open", b:state())
     end)
   end)
 
@@ -173,11 +194,18 @@ return function(B)
       if B.redis then
         -- what Redis cannot keep is refused with the way to say it there
         raises(function() new { size = 5, half_open_calls = 3 } end, "breaker", "option 'half_open_calls'", "1")
-        raises(function() new { size = 5, open_ms = { 100, 1000 } } end, "breaker", "option 'open_ms'", "number")
+        raises(function() new { open_ms = keel.backoff { base_ms = 100, jitter = "full" } } end, "breaker",
+          "option 'open_ms'", "{base_ms, cap_ms, factor}")
       else
         assert.equal("closed", new({ half_open_calls = 3 }):state())
-        assert.equal("closed", new({ open_ms = { 100, 1000 } }):state())
+        assert.equal("closed", new({ open_ms = keel.backoff { base_ms = 100, jitter = "full" } }):state())
       end
+      assert.equal("closed", new({ open_ms = { 100, 1000 } }):state())
+      assert.equal("closed", new({ open_ms = keel.backoff { base_ms = 100, jitter = "none" } }):state())
+      raises(function() new { open_ms = { -1 } } end, "breaker", "option 'open_ms.base_ms'")
+      raises(function() new { open_ms = { 100, 50 } } end, "breaker", "option 'open_ms.cap_ms'")
+      raises(function() new { open_ms = { 100, 1000, 0.5 } } end, "breaker", "option 'open_ms.factor'")
+      raises(function() new { open_ms = "1s" } end, "breaker", "option 'open_ms'")
     end)
   end)
 

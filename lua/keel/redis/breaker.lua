@@ -36,10 +36,28 @@ local function state()
 end
 ]]
 
--- KEYS: w, open, half ; ARGV: calls, fails, window_ms, buckets, min_calls, rate, open_ms, slows, slow_rate
+-- Opens the breaker: the open period is the backoff's n-th delay for the
+-- n-th consecutive opening (as keel.breaker with open_ms = {base, cap,
+-- factor}; a plain number is base = cap). The half key holds n: it exists
+-- from the first opening until the breaker closes.
+-- spec: "base,cap,factor" -> the period in ms
+local OPEN = [[
+local function open(spec)
+  local base, cap, factor = string.match(spec, '^([^,]+),([^,]+),([^,]+)$')
+  base, cap, factor = tonumber(base), tonumber(cap), tonumber(factor)
+  local n = redis.call('INCR', KEYS[3])
+  local ms = base * factor ^ (n - 1)
+  if not (ms <= cap) then ms = cap end
+  ms = math.max(1, math.ceil(ms))
+  redis.call('SET', KEYS[2], '1', 'PX', ms)
+  return ms
+end
+]]
+
+-- KEYS: w, open, half ; ARGV: calls, fails, window_ms, buckets, min_calls, rate, open spec, slows, slow_rate
 -- Bucket fields: c<n> calls, f<n> failures, s<n> slow calls (as keel.breaker:
 -- a slow call counts toward slow_rate whether it succeeded or not).
-local RECORD = redis.script(STATE .. [[
+local RECORD = redis.script(STATE .. OPEN .. [[
 local s = state()
 if s[1] ~= 0 or tonumber(ARGV[1]) == 0 then return s end
 local t = redis.call('TIME')
@@ -62,10 +80,9 @@ for i = 1, #all, 2 do
 end
 if calls >= tonumber(ARGV[5]) and (fails * 100 >= tonumber(ARGV[6]) * calls
                                    or slows * 100 >= tonumber(ARGV[9]) * calls) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[7])
-  redis.call('SET', KEYS[3], '1')
+  local ms = open(ARGV[7])
   redis.call('DEL', KEYS[1], KEYS[5])
-  return {1, tonumber(ARGV[7]), 1}
+  return {1, ms, 1}
 end
 return {0, 0}
 ]])
@@ -75,8 +92,8 @@ return {0, 0}
 -- per call in {p}:ring ('0' ok, '1' failed, '2' slow, '3' slow and failed)
 -- with its position and running totals in {p}:w. An idle window is
 -- forgotten after a day (IDLE_MS), so abandoned breakers do not stay.
--- KEYS: w, open, half, probe, ring ; ARGV: outcomes, size, min_calls, rate, open_ms, slow_rate, idle_ms
-local RECORD_COUNT = redis.script(STATE .. [[
+-- KEYS: w, open, half, probe, ring ; ARGV: outcomes, size, min_calls, rate, open spec, slow_rate, idle_ms
+local RECORD_COUNT = redis.script(STATE .. OPEN .. [[
 local s = state()
 local out = ARGV[1]
 if s[1] ~= 0 or #out == 0 then return s end
@@ -99,10 +116,9 @@ for i = 1, #out do
 end
 local min_calls = math.min(tonumber(ARGV[3]), size)
 if n >= min_calls and (nf * 100 >= tonumber(ARGV[4]) * n or ns * 100 >= tonumber(ARGV[6]) * n) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
-  redis.call('SET', KEYS[3], '1')
+  local ms = open(ARGV[5])
   redis.call('DEL', KEYS[1], KEYS[5])
-  return {1, tonumber(ARGV[5]), 1}
+  return {1, ms, 1}
 end
 redis.call('HSET', KEYS[1], 'pos', pos, 'n', n, 'f', nf, 's', ns)
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
@@ -121,16 +137,15 @@ if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, 0, 1
 return {2, 0, 0}
 ]])
 
--- ARGV: owner, ok(1/0), open_ms: the probe's outcome, only from the lease holder
-local SETTLE = redis.script(STATE .. [[
+-- ARGV: owner, ok(1/0), open spec: the probe's outcome, only from the lease holder
+local SETTLE = redis.script(STATE .. OPEN .. [[
 if redis.call('GET', KEYS[4]) ~= ARGV[1] then return state() end
 redis.call('DEL', KEYS[4])
 if ARGV[2] == '1' then
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[1], KEYS[5])
   return {0, 0}
 end
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-return {1, tonumber(ARGV[3])}
+return {1, open(ARGV[3])}
 ]])
 
 -- ARGV: owner: gives the probe lease back (a probe cancelled without an outcome)
@@ -139,19 +154,16 @@ if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 return state()
 ]])
 
--- ARGV: state code, open_ms: b:force(state) for the fleet
-local FORCE = redis.script([[
+-- ARGV: state code, open spec: b:force(state) for the fleet
+local FORCE = redis.script(OPEN .. [[
 redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
 if ARGV[1] == '0' then
   redis.call('DEL', KEYS[2], KEYS[3])
   return {0, 0}
 end
-redis.call('SET', KEYS[3], '1')
-if ARGV[1] == '1' then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-  return {1, tonumber(ARGV[2])}
-end
+if ARGV[1] == '1' then return {1, open(ARGV[2])} end
 redis.call('DEL', KEYS[2])
+if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SET', KEYS[3], '0') end
 return {2, 0}
 ]])
 
@@ -196,17 +208,45 @@ local function window_option(F, opts)
   return "time", size, size * 1000, math.min(size, 1000)
 end
 
--- open_ms: a number (a backoff needs every process's count of openings).
+-- open_ms as keel.breaker takes it: a number, {base_ms, cap_ms, factor}
+-- (also positional) or a keel.backoff without jitter; the scripts compute
+-- the n-th period from the fleet's count of consecutive openings. A
+-- jittered keel.backoff would draw per process: refused. -> "base,cap,factor"
 local function open_option(F, v)
-  if v ~= nil and type(v) ~= "number" then
-    error(string.format("%s: option 'open_ms' takes a number on Redis (got %s): one open period for the "
-      .. "whole fleet; a backoff of open periods is local only", F, tostring(v)), 3)
+  if v == nil then v = 60000 end
+  local base, cap, factor
+  if type(v) == "number" then
+    if v ~= v or v < 0 or v > 1e12 then
+      error(string.format("%s: option 'open_ms' must be a number in [0, 1e12] (got %s)", F, tostring(v)), 3)
+    end
+    base, cap, factor = v, v, 1
+  elseif type(v) == "table" and type(v.delay) == "function" then
+    if v.jitter ~= "none" then
+      error(string.format("%s: option 'open_ms' cannot be a keel.backoff with jitter on Redis (each process "
+        .. "would draw its own period): use {base_ms, cap_ms, factor} (or jitter = \"none\")", F), 3)
+    end
+    base, cap, factor = v.base_ms, v.cap_ms, v.factor
+  elseif type(v) == "table" then
+    base, cap, factor = v.base_ms or v[1], v.cap_ms or v[2], v.factor or v[3]
+    if type(base) ~= "number" or base ~= base or base < 0 or base > 1e12 then
+      error(string.format("%s: option 'open_ms.base_ms' must be a number in [0, 1e12] (got %s)", F,
+        tostring(base)), 3)
+    end
+    if cap == nil then cap = math.max(base, 60000) end
+    if type(cap) ~= "number" or not (cap >= base and cap <= 1e12) then
+      error(string.format("%s: option 'open_ms.cap_ms' must be a number in [%s, 1e12] (got %s)", F,
+        tostring(base), tostring(cap)), 3)
+    end
+    if factor == nil then factor = 2 end
+    if type(factor) ~= "number" or not (factor >= 1 and factor <= 1e6) then
+      error(string.format("%s: option 'open_ms.factor' must be a number in [1, 1e6] (got %s)", F,
+        tostring(factor)), 3)
+    end
+  else
+    error(string.format("%s: option 'open_ms' must be a number >= 0, a keel.backoff or {base_ms, cap_ms, factor} "
+      .. "(got %s)", F, tostring(v)), 3)
   end
-  if v == nil then return 60000 end
-  if v ~= v or v < 0 or v > 1e12 then
-    error(string.format("%s: option 'open_ms' must be a number in [0, 1e12] (got %s)", F, tostring(v)), 3)
-  end
-  return math.max(1, math.ceil(v)) -- PX takes whole milliseconds, at least 1
+  return string.format("%.17g,%.17g,%.17g", base, cap, factor), v
 end
 
 function M.new(opts)
@@ -220,7 +260,7 @@ function M.new(opts)
     error(string.format("%s: option 'half_open_calls' must be 1 on Redis (got %d): one process at a time holds "
       .. "the probe lease and its one call decides; use half_open_calls = 1 or leave it out", F, half_open_calls), 2)
   end
-  local open_ms = open_option(F, opts.open_ms)
+  local open_spec, open_ms = open_option(F, opts.open_ms)
   local prefix = common.prefix(F, opts, "breaker")
   local base = "{" .. prefix .. "}"
   local w = sched.world()
@@ -235,7 +275,7 @@ function M.new(opts)
     failure_rate = check.number(F, "option 'failure_rate'", opts.failure_rate, 50, 1e-9, 100),
     slow_ms = check.number(F, "option 'slow_ms'", opts.slow_ms, 60000, 0, math.huge),
     slow_rate = slow_rate,
-    open_ms = open_ms,
+    open_ms = open_ms, open_spec = open_spec,
     probe_ttl_ms = math.ceil(check.number(F, "option 'probe_ttl_ms'", opts.probe_ttl_ms, 10000, 1, 1e12)),
     sync_ms = check.number(F, "option 'sync_ms'", opts.sync_ms, 100, 0, 1e12),
     fallback_ms = check.number(F, "option 'fallback_ms'", opts.fallback_ms, 1000, 0, 1e12),
@@ -304,12 +344,12 @@ local function send_outcomes(self)
     local pend, n = self.pend, self.np
     self.pend, self.np = {}, 0
     run(self, RECORD_COUNT, table.concat(pend, "", n > self.size and n - self.size + 1 or 1, n), self.size,
-      self.min_calls, self.failure_rate, self.open_ms, self.slow_rate, IDLE_MS)
+      self.min_calls, self.failure_rate, self.open_spec, self.slow_rate, IDLE_MS)
   end
   while self.pc > 0 do
     local calls, fails, slows = self.pc, self.pf, self.ps
     self.pc, self.pf, self.ps = 0, 0, 0
-    run(self, RECORD, calls, fails, self.window_ms, self.buckets, self.min_calls, self.failure_rate, self.open_ms,
+    run(self, RECORD, calls, fails, self.window_ms, self.buckets, self.min_calls, self.failure_rate, self.open_spec,
       slows, self.slow_rate)
   end
 end
@@ -374,7 +414,7 @@ function Breaker:record(ok, duration_ms, permit)
     -- one probe call decides, as a half-open keel.breaker with
     -- half_open_calls = 1: a failure or a slow call (100% >= any rate) reopens
     self.probing = false
-    run(self, SETTLE, self.owner, (not ok or slow) and "0" or "1", self.open_ms)
+    run(self, SETTLE, self.owner, (not ok or slow) and "0" or "1", self.open_spec)
     return
   end
   if self.window == "count" then
@@ -455,7 +495,7 @@ function Breaker:force(state)
     { "closed", "open", "half_open", "forced_open", "disabled" }) end
   self.pc, self.pf, self.ps, self.pend, self.np = 0, 0, 0, {}, 0
   self.probing = false
-  if not run(self, FORCE, code, self.open_ms) then return nil, self.last_error end
+  if not run(self, FORCE, code, self.open_spec) then return nil, self.last_error end
   return self
 end
 
