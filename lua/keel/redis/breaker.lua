@@ -2,8 +2,9 @@
 -- from every process land in one window in Redis (the fleet's last `size`
 -- calls, or its last `size` seconds); when the combined window crosses the
 -- threshold the breaker opens for everyone. After
--- open_ms it is half-open and a probe lease (SET NX PX) lets exactly one
--- process send the probe call; its outcome closes or re-opens it for all.
+-- open_ms it is half-open: half_open_calls permits are handed out to the
+-- whole fleet, and once their outcomes are in the same rates decide, as in
+-- keel.breaker: close or re-open, for all.
 -- If Redis cannot be reached, each process falls back to a local
 -- keel.breaker until Redis answers again.
 --
@@ -12,7 +13,8 @@
 --
 -- Keys (one hash tag): {p}:w window buckets or count-window totals (hash),
 -- {p}:ring the count window's outcomes, {p}:open (PX open_ms), {p}:half (set
--- while not closed), {p}:probe (the probe lease).
+-- while not closed; holds the count of consecutive openings), {p}:probe (the
+-- half-open round's permits and outcomes).
 -- Outcomes are sent coalesced: at most one script in flight per breaker per
 -- process, carrying every outcome recorded meanwhile; each reply carries the
 -- fleet state, and allow() re-reads it when older than sync_ms.
@@ -21,7 +23,6 @@ local metrics = require "keel.metrics"
 local sched = require "keel.sched"
 local redis = require "keel.redis"
 local common = require "keel.redis.common"
-local Ccore = require "keel.ffi.core"
 
 local type, error, tostring, pcall, xpcall = type, error, tostring, pcall, xpcall
 local traceback = debug.traceback
@@ -129,29 +130,42 @@ return {0, 0}
 -- KEYS: w, open, half, probe
 local READ = redis.script(STATE .. [[ return state() ]])
 
--- ARGV: owner, probe_ttl_ms -> {state, pttl, got_probe}
+-- The half-open round: {p}:probe is a hash of permits issued (i), outcomes
+-- recorded (r), failed (f) and slow (s). Once half_open_calls outcomes are
+-- in, the rates decide, as in keel.breaker: reopen or close. The hash
+-- expires probe_ttl_ms after the last permit, so permits of a crashed
+-- process cannot hold the round forever: a new round starts.
+-- ARGV: half_open_calls, probe_ttl_ms -> {state, pttl, got_permit}
 local PROBE = redis.script(STATE .. [[
 local s = state()
 if s[1] ~= 2 then return s end
-if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, 0, 1} end
-return {2, 0, 0}
+if tonumber(redis.call('HGET', KEYS[4], 'i') or '0') >= tonumber(ARGV[1]) then return {2, 0, 0} end
+redis.call('HINCRBY', KEYS[4], 'i', 1)
+redis.call('PEXPIRE', KEYS[4], ARGV[2])
+return {2, 0, 1}
 ]])
 
--- ARGV: owner, ok(1/0), open spec: the probe's outcome, only from the lease holder
+-- ARGV: failed (0/1), slow (0/1), half_open_calls, failure_rate, slow_rate, open spec
 local SETTLE = redis.script(STATE .. OPEN .. [[
-if redis.call('GET', KEYS[4]) ~= ARGV[1] then return state() end
+local s = state()
+if s[1] ~= 2 or redis.call('EXISTS', KEYS[4]) == 0 then return s end
+local r = redis.call('HINCRBY', KEYS[4], 'r', 1)
+local f = redis.call('HINCRBY', KEYS[4], 'f', ARGV[1])
+local sl = redis.call('HINCRBY', KEYS[4], 's', ARGV[2])
+if r < tonumber(ARGV[3]) then return {2, 0} end
 redis.call('DEL', KEYS[4])
-if ARGV[2] == '1' then
-  redis.call('DEL', KEYS[2], KEYS[3], KEYS[1], KEYS[5])
-  return {0, 0}
-end
-return {1, open(ARGV[3])}
+if f * 100 >= tonumber(ARGV[4]) * r or sl * 100 >= tonumber(ARGV[5]) * r then return {1, open(ARGV[6])} end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[1], KEYS[5])
+return {0, 0}
 ]])
 
--- ARGV: owner: gives the probe lease back (a probe cancelled without an outcome)
+-- a permit given back without an outcome (a cancelled probe call)
 local UNPROBE = redis.script(STATE .. [[
-if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
-return state()
+local s = state()
+if s[1] == 2 and tonumber(redis.call('HGET', KEYS[4], 'i') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[4], 'i', -1)
+end
+return s
 ]])
 
 -- ARGV: state code, open spec: b:force(state) for the fleet
@@ -255,15 +269,10 @@ function M.new(opts)
   local window, size, window_ms, buckets = window_option(F, opts)
   local slow_rate = check.number(F, "option 'slow_rate'", opts.slow_rate, 100, 0, 100)
   if slow_rate == 0 then check.number(F, "option 'slow_rate'", 0, nil, 1e-9, 100) end
-  local half_open_calls = check.integer(F, "option 'half_open_calls'", opts.half_open_calls, 1, 1, 2 ^ 31 - 1)
-  if half_open_calls ~= 1 then
-    error(string.format("%s: option 'half_open_calls' must be 1 on Redis (got %d): one process at a time holds "
-      .. "the probe lease and its one call decides; use half_open_calls = 1 or leave it out", F, half_open_calls), 2)
-  end
+  local half_open_calls = check.integer(F, "option 'half_open_calls'", opts.half_open_calls, 10, 1, 2 ^ 31 - 1)
   local open_spec, open_ms = open_option(F, opts.open_ms)
   local prefix = common.prefix(F, opts, "breaker")
   local base = "{" .. prefix .. "}"
-  local w = sched.world()
   local self = setmetatable({
     redis = common.client(F, opts.redis),
     name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
@@ -275,15 +284,13 @@ function M.new(opts)
     failure_rate = check.number(F, "option 'failure_rate'", opts.failure_rate, 50, 1e-9, 100),
     slow_ms = check.number(F, "option 'slow_ms'", opts.slow_ms, 60000, 0, math.huge),
     slow_rate = slow_rate,
-    open_ms = open_ms, open_spec = open_spec,
+    open_ms = open_ms, open_spec = open_spec, half_open_calls = half_open_calls,
     probe_ttl_ms = math.ceil(check.number(F, "option 'probe_ttl_ms'", opts.probe_ttl_ms, 10000, 1, 1e12)),
     sync_ms = check.number(F, "option 'sync_ms'", opts.sync_ms, 100, 0, 1e12),
     fallback_ms = check.number(F, "option 'fallback_ms'", opts.fallback_ms, 1000, 0, 1e12),
-    owner = string.format("%08x%08x", tonumber(Ccore.keel_rand_next(w.rand) % 0x100000000),
-      tonumber(Ccore.keel_rand_next(w.rand) % 0x100000000)),
     st = 0, fresh_until = -math.huge, refreshing = false,
     pc = 0, pf = 0, ps = 0, pend = {}, np = 0, flusher = nil,
-    probing = false, fallback_until = -math.huge, last_error = nil,
+    probes_out = 0, fallback_until = -math.huge, last_error = nil,
     callbacks = {},
     s = { allowed = 0, rejected = 0, calls = 0, failures = 0, slow = 0, probes = 0, opened = 0, redis_errors = 0,
           fallback_allowed = 0 },
@@ -295,7 +302,7 @@ function M.new(opts)
   lo = lo or { window = window,
                size = size or math.max(1, math.min(1000000, math.ceil(self.window_ms / 1000))),
                min_calls = self.min_calls, failure_rate = self.failure_rate, slow_ms = self.slow_ms,
-               slow_rate = self.slow_rate, open_ms = self.open_ms, half_open_calls = 1 }
+               slow_rate = self.slow_rate, open_ms = self.open_ms, half_open_calls = half_open_calls }
   self.fallback = require("keel.breaker")(lo)
   metrics.register("redis_breaker", self.name, self)
   return self
@@ -381,17 +388,19 @@ function Breaker:allow()
     self.s.allowed = self.s.allowed + 1
     return true
   end
-  if st == 2 and not self.probing then
-    self.probing = true
-    local ok, r = pcall(run, self, PROBE, self.owner, self.probe_ttl_ms)
-    if not ok then self.probing = false; error(r, 0) end
+  if st == 2 then
+    local r = run(self, PROBE, self.half_open_calls, self.probe_ttl_ms)
     if r and r[3] == 1 then
+      self.probes_out = self.probes_out + 1
       self.s.probes = self.s.probes + 1
       self.s.allowed = self.s.allowed + 1
       return true, "probe"
     end
-    self.probing = false
     if not r then return self:allow() end
+    if self.st == 0 then -- closed meanwhile by another process's probes
+      self.s.allowed = self.s.allowed + 1
+      return true
+    end
   end
   self.s.rejected = self.s.rejected + 1
   return nil, "open"
@@ -411,10 +420,9 @@ function Breaker:record(ok, duration_ms, permit)
     return
   end
   if permit == "probe" then
-    -- one probe call decides, as a half-open keel.breaker with
-    -- half_open_calls = 1: a failure or a slow call (100% >= any rate) reopens
-    self.probing = false
-    run(self, SETTLE, self.owner, (not ok or slow) and "0" or "1", self.open_spec)
+    if self.probes_out > 0 then self.probes_out = self.probes_out - 1 end
+    run(self, SETTLE, ok and 0 or 1, slow and 1 or 0, self.half_open_calls, self.failure_rate, self.slow_rate,
+      self.open_spec)
     return
   end
   if self.window == "count" then
@@ -455,9 +463,9 @@ end
 function Breaker:cancel(permit)
   self_check("breaker:cancel", self)
   if permit == "fallback" then return self.fallback:cancel() end
-  if permit == "probe" or (permit == nil and self.probing) then
-    self.probing = false
-    run(self, UNPROBE, self.owner)
+  if permit == "probe" or (permit == nil and self.probes_out > 0) then
+    if self.probes_out > 0 then self.probes_out = self.probes_out - 1 end
+    run(self, UNPROBE)
   end
 end
 
@@ -494,7 +502,7 @@ function Breaker:force(state)
   if not code then check.oneof("breaker:force", "argument 'state'", state, nil,
     { "closed", "open", "half_open", "forced_open", "disabled" }) end
   self.pc, self.pf, self.ps, self.pend, self.np = 0, 0, 0, {}, 0
-  self.probing = false
+  self.probes_out = 0
   if not run(self, FORCE, code, self.open_spec) then return nil, self.last_error end
   return self
 end
