@@ -163,7 +163,7 @@ return function(B)
     end)
   end)
 
-  it("force() moves it to closed, open or half_open", function()
+  it("force() moves it to any of the five states", function()
     B.run(function()
       local b = new { window = "time", size = 60, open_ms = 60000 }
       assert.equal(b, b:force("open"))
@@ -174,10 +174,20 @@ return function(B)
       b:force("closed")
       assert.equal("closed", b:state())
       assert.is_true((b:allow()))
-      if B.redis then
-        raises(function() b:force("disabled") end, "breaker:force", "'disabled'", "Redis", "\"closed\"")
-        raises(function() b:force("forced_open") end, "breaker:force", "'forced_open'", "Redis", "\"open\"")
+      -- forced_open refuses and disabled allows everything, records nothing, until the next force
+      b:force("forced_open")
+      assert.equal("forced_open", b:state())
+      assert.same({ nil, "open" }, { b:allow() })
+      b:force("disabled")
+      assert.equal("disabled", b:state())
+      for _ = 1, 200 do
+        assert.is_true((b:allow()))
+        b:record(false, 1)
       end
+      assert.equal("disabled", b:state())
+      b:force("closed")
+      assert.equal("closed", b:state())
+      assert.is_true((b:allow()))
     end)
   end)
 

@@ -14,7 +14,8 @@
 -- Keys (one hash tag): {p}:w window buckets or count-window totals (hash),
 -- {p}:ring the count window's outcomes, {p}:open (PX open_ms), {p}:half (set
 -- while not closed; holds the count of consecutive openings), {p}:probe (the
--- half-open round's permits and outcomes).
+-- half-open round's permits and outcomes), {p}:forced (a forced_open or
+-- disabled state).
 -- Outcomes are sent coalesced: at most one script in flight per breaker per
 -- process, carrying every outcome recorded meanwhile; each reply carries the
 -- fleet state, and allow() re-reads it when older than sync_ms.
@@ -27,9 +28,12 @@ local common = require "keel.redis.common"
 local type, error, tostring, pcall, xpcall = type, error, tostring, pcall, xpcall
 local traceback = debug.traceback
 
--- state codes: 0 closed, 1 open, 2 half_open
+-- state codes: 0 closed, 1 open, 2 half_open, 3 forced_open, 4 disabled
+-- (the last two set by force() in {p}:forced, until another force())
 local STATE = [[
 local function state()
+  local forced = redis.call('GET', KEYS[6])
+  if forced then return {tonumber(forced), 0} end
   local p = redis.call('PTTL', KEYS[2])
   if p > 0 then return {1, p} end
   if redis.call('EXISTS', KEYS[3]) == 1 then return {2, 0} end
@@ -127,7 +131,7 @@ redis.call('PEXPIRE', KEYS[5], ARGV[7])
 return {0, 0}
 ]])
 
--- KEYS: w, open, half, probe
+-- Every script gets the same KEYS: w, open, half, probe, ring, forced
 local READ = redis.script(STATE .. [[ return state() ]])
 
 -- The half-open round: {p}:probe is a hash of permits issued (i), outcomes
@@ -170,7 +174,12 @@ return s
 
 -- ARGV: state code, open spec: b:force(state) for the fleet
 local FORCE = redis.script(OPEN .. [[
-redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[6])
+if ARGV[1] == '3' or ARGV[1] == '4' then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('SET', KEYS[6], ARGV[1])
+  return {tonumber(ARGV[1]), 0}
+end
 if ARGV[1] == '0' then
   redis.call('DEL', KEYS[2], KEYS[3])
   return {0, 0}
@@ -181,8 +190,9 @@ if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SET', KEYS[3], '0') end
 return {2, 0}
 ]])
 
-local NAMES = { [0] = "closed", "open", "half_open" }
-local CODES = { closed = 0, open = 1, half_open = 2 }
+local NAMES = { [0] = "closed", "open", "half_open", "forced_open", "disabled" }
+local CODES = { closed = 0, open = 1, half_open = 2, forced_open = 3, disabled = 4 }
+local DISABLED = 4
 
 local Breaker = {}
 Breaker.__index = Breaker
@@ -276,7 +286,8 @@ function M.new(opts)
   local self = setmetatable({
     redis = common.client(F, opts.redis),
     name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
-    keys = { base .. ":w", base .. ":open", base .. ":half", base .. ":probe", base .. ":ring" },
+    keys = { base .. ":w", base .. ":open", base .. ":half", base .. ":probe", base .. ":ring",
+             base .. ":forced" },
     window = window, size = size,
     window_ms = window == "time" and check.number(F, "option 'window_ms'", window_ms, 10000, 1, 1e12) or nil,
     buckets = window == "time" and check.integer(F, "option 'buckets'", buckets, 10, 1, 1000) or nil,
@@ -334,7 +345,7 @@ local function in_fallback(self) return sched.now() < self.fallback_until end
 
 local function run(self, script, ...)
   local k = self.keys
-  local r, err = self.redis:eval(script, 5, k[1], k[2], k[3], k[4], k[5], ...)
+  local r, err = self.redis:eval(script, 6, k[1], k[2], k[3], k[4], k[5], k[6], ...)
   if not r then redis_failed(self, err); return nil end
   set_state(self, r[1], r[2])
   return r
@@ -384,7 +395,7 @@ function Breaker:allow()
     if in_fallback(self) then return self:allow() end
   end
   local st = self.st
-  if st == 0 then
+  if st == 0 or st == DISABLED then
     self.s.allowed = self.s.allowed + 1
     return true
   end
@@ -488,16 +499,12 @@ function Breaker:state()
   return NAMES[self.st]
 end
 
--- force(state) -> b: "closed", "open" (a normal open period) or "half_open"
--- for the whole fleet | nil, err. keel.breaker's "forced_open" and
--- "disabled" never move by themselves: a fleet has no such state.
+-- force(state) -> b | nil, err, for the whole fleet: "closed", "open" (a
+-- normal open period), "half_open" (fresh permits), or "forced_open" /
+-- "disabled", which stay until the next force() (disabled allows every
+-- call and records nothing).
 function Breaker:force(state)
   self_check("breaker:force", self)
-  if state == "forced_open" or state == "disabled" then
-    error(string.format("breaker:force: state '%s' is not available on Redis (the fleet breaker has no state "
-      .. "that never moves by itself): use b:force(%q)%s", state, state == "disabled" and "closed" or "open",
-      state == "forced_open" and " with a long open_ms" or ""), 2)
-  end
   local code = CODES[state]
   if not code then check.oneof("breaker:force", "argument 'state'", state, nil,
     { "closed", "open", "half_open", "forced_open", "disabled" }) end
