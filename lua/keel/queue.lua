@@ -163,7 +163,7 @@ end
 local function bury(self, s, attempts)
   local item, key, f = self.items[s], self.keys[s], self.fails[s]
   release(self, s)
-  self.dead = self.dead + 1
+  self.ndead = self.ndead + 1
   local dlq = self.dead_letter
   if dlq then
     local id = push(dlq, item, 0, 0, nil, {
@@ -406,8 +406,46 @@ function Queue:stats()
     waiting = self.waiters:count(),
     pushed = st.pushed, popped = st.popped, acked = st.acked,
     nacked = st.nacked, expired = st.expired,
-    dead = self.dead, dead_lettered = self.dead_lettered, dropped = self.dropped,
+    dead = self.ndead, dead_lettered = self.dead_lettered, dropped = self.dropped,
     redriven = self.redriven, duplicates = self.duplicates, full = self.rejected,
+  }
+end
+
+-- dead([n = 100]) -> this queue's dead letters waiting in its dead_letter
+-- queue, oldest first, in the Redis queue's shape ({id, item, attempts,
+-- error, dedup_key, priority}); {} without a dead_letter queue (they were
+-- dropped). They stay where they are: redrive() moves them back.
+function Queue:dead(n)
+  local F = "keel.queue:dead"
+  check.self(F, self, Queue)
+  n = check.integer(F, "argument 'n'", n, 100, 1, 1e6)
+  local out, dlq = {}, self.dead_letter
+  if not dlq then return out end
+  local buf, got = ready_ids(dlq, C.keel_queue_ready_count(dlq.q))
+  for i = 0, got - 1 do
+    if #out >= n then break end
+    local id = buf[i]
+    local s = slot_of(dlq, id)
+    local m = dlq.meta[s]
+    if m and m.origin == self then
+      out[#out + 1] = { id = id, item = dlq.items[s], attempts = m.attempts, error = m.error,
+                        dedup_key = m.dedup_key, priority = 0 }
+    end
+  end
+  return out
+end
+
+-- info() -> {length, pending, ready, dead, delayed}, as the Redis queue's:
+-- length = pending (delivered, not acked) + ready; dead = letters waiting in
+-- the dead_letter queue (0 without one).
+function Queue:info()
+  check.self("keel.queue:info", self, Queue)
+  local st = ffi.new("keel_queue_stats_t")
+  C.keel_queue_stats(self.q, st)
+  local dlq = self.dead_letter
+  return {
+    length = st.ready + st.in_flight, pending = st.in_flight, ready = st.ready, delayed = st.delayed,
+    dead = dlq and C.keel_queue_ready_count(dlq.q) or 0,
   }
 end
 
@@ -462,7 +500,7 @@ return function(opts)
     items = {}, keys = {}, index = {}, meta = {}, fails = {},
     waiters = sched.waitqueue(),
     timer = nil, timer_at = huge, timer_ref = false, tgen = 0,
-    dead = 0, dead_lettered = 0, dropped = 0, redriven = 0, duplicates = 0, rejected = 0,
+    ndead = 0, dead_lettered = 0, dropped = 0, redriven = 0, duplicates = 0, rejected = 0,
   }, Queue)
   metrics.register("queue", name, self)
   return self
