@@ -140,6 +140,9 @@ return function(B)
     B.run(function()
       if B.redis then
         raises(function() new { dead_letter = "dlq" } end, "queue", "option 'dead_letter'", "q:dead(", "q:redrive(")
+        -- the issue's example: keel.queue{redis = c, dead_letter = dlq}
+        local dlq = new {}
+        raises(function() new { dead_letter = dlq } end, "queue", "option 'dead_letter'", "q:dead(", "q:redrive(")
       else
         local dlq = new {}
         local q = new { max_attempts = 1, dead_letter = dlq }
