@@ -8,8 +8,8 @@
 --                Redis (plus a margin for the server's clock granularity).
 --                A stall only makes it longer, so cases assert after it only
 --                what holds however late they look (expired, half-open);
---                what must hold before an expiry gets a period of a second
---                or more, which a loaded machine does not stall through
+--                what must hold before an expiry gets 600 ms or more for a
+--                few round trips, which a loaded machine does not stall through
 local keel = require "keel"
 
 local M = {}
