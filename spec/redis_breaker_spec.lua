@@ -21,7 +21,8 @@ describe("keel.redis.breaker (shared)", function()
   end)
 
   local function pair(prefix, extra)
-    local o = { min_calls = 10, failure_rate = 50, open_ms = 150, sync_ms = 0, prefix = prefix }
+    -- one probe call decides (half_open_calls defaults to 10, as keel.breaker's)
+    local o = { min_calls = 10, failure_rate = 50, open_ms = 150, sync_ms = 0, prefix = prefix, half_open_calls = 1 }
     for k, v in pairs(extra or {}) do o[k] = v end
     o.redis = c1
     local a = B.new(o)

@@ -14,6 +14,8 @@ local cmem = require "keel.cmem"
 local FNAME = "keel.breaker"
 local OPTS = check.set { "window", "size", "min_calls", "failure_rate", "slow_ms", "slow_rate",
                          "open_ms", "half_open_calls", "name" }
+local REDIS_ONLY = check.set { "prefix", "window_ms", "buckets", "probe_ttl_ms", "sync_ms", "fallback_ms",
+                               "local_opts" }
 local NAMES = { [0] = "closed", "open", "half_open", "forced_open", "disabled" }
 local CODES = { closed = 0, open = 1, half_open = 2, forced_open = 3, disabled = 4 }
 local OPEN = 1
@@ -27,7 +29,7 @@ local Breaker = {}
 Breaker.__index = Breaker
 
 local function self_check(fname, self)
-  if getmetatable(self) ~= Breaker then check.self(fname, self, Breaker) end
+  if getmetatable(self) ~= Breaker then check.self(fname, self, Breaker, 1) end
 end
 
 -- Fires callbacks for queued transitions in order. A callback that triggers
@@ -169,17 +171,32 @@ function Breaker:__tostring()
   return "keel.breaker(" .. (self.name or "") .. ", " .. NAMES[self.st] .. ")"
 end
 
+-- Checks raise at level 3: the constructor's caller (open_option is one
+-- call below the constructor).
+local function in_range(what, v, min, max)
+  if type(v) ~= "number" or not (v >= min and v <= max) then
+    error(string.format("%s: option '%s' must be a number in [%s, %s] (got %s)", FNAME, what, tostring(min),
+      tostring(max), type(v) == "string" and string.format("%q", v) or tostring(v)), 4)
+  end
+  return v
+end
+
 local function open_option(v)
   if v == nil then return 60000 end
-  if type(v) == "number" then return check.number(FNAME, "option 'open_ms'", v, nil, 0, 1e12) end
+  if type(v) == "number" then
+    local ms = in_range("open_ms", v, 0, 1e12) -- not a tail call: in_range counts this frame
+    return ms
+  end
   if type(v) == "table" then
     if type(v.delay) == "function" then return nil, v end
-    local base = v.base_ms or v[1]
+    local base = in_range("open_ms.base_ms", v.base_ms or v[1], 0, 1e12)
+    local cap = v.cap_ms or v[2]
+    if cap == nil then cap = math.max(base, 60000) end
+    local factor = v.factor or v[3]
+    if factor == nil then factor = 2 end
     local b = new_backoff {
-      base_ms = check.number(FNAME, "option 'open_ms.base_ms'", base, nil, 0, 1e12),
-      cap_ms = check.number(FNAME, "option 'open_ms.cap_ms'", v.cap_ms or v[2], math.max(base, 60000) , base, 1e12),
-      factor = check.number(FNAME, "option 'open_ms.factor'", v.factor or v[3], 2, 1, 1e6),
-      jitter = "none",
+      base_ms = base, cap_ms = in_range("open_ms.cap_ms", cap, base, 1e12),
+      factor = in_range("open_ms.factor", factor, 1, 1e6), jitter = "none",
     }
     return nil, b
   end
@@ -188,6 +205,7 @@ local function open_option(v)
 end
 
 return function(opts)
+  check.redis_only(FNAME, opts, REDIS_ONLY)
   opts = check.opts(FNAME, opts, OPTS)
   local window = check.oneof(FNAME, "option 'window'", opts.window, "count", { "count", "time" })
   local size = check.integer(FNAME, "option 'size'", opts.size, 100, 1, 1000000)

@@ -90,6 +90,19 @@ function check.opts(fname, v, known)
   return v
 end
 
+-- For a local primitive: an option only its Redis variant knows (prefix,
+-- poll_ms, ...) is refused saying so, instead of "unknown option": the
+-- options of keel.x{redis = client, ...} minus redis must not look like typos.
+function check.redis_only(fname, v, names)
+  if type(v) ~= "table" then return end
+  for k in pairs(v) do
+    if names[k] then
+      error(string.format("%s: option '%s' applies to the Redis backend only (add redis = client)", fname,
+        tostring(k)), 3)
+    end
+  end
+end
+
 -- Turns {"a", "b"} into {a = true, b = true} for check.opts.
 function check.set(list)
   local s = {}
@@ -97,10 +110,13 @@ function check.set(list)
   return s
 end
 
--- For methods: catches obj.method() written for obj:method().
-function check.self(fname, self, mt)
+-- For methods: catches obj.method() written for obj:method(). depth: how
+-- many helper functions stand between the method and this call (0: the
+-- method calls check.self itself), so the error points at the user's line.
+function check.self(fname, self, mt, depth)
   if getmetatable(self) ~= mt then
-    error(string.format("%s: call it as a method (obj:%s(...))", fname, fname:match("[:.]([%w_]+)$") or "method"), 3)
+    error(string.format("%s: call it as a method (obj:%s(...))", fname, fname:match("[:.]([%w_]+)$") or "method"),
+      3 + (depth or 0))
   end
 end
 

@@ -13,9 +13,11 @@ local Counter = {}
 Counter.__index = Counter
 
 local OPTS = check.set { "shards", "name" }
+local REDIS_ONLY = check.set { "prefix" }
 
 local function new(opts)
   local F = "keel.counter"
+  check.redis_only(F, opts, REDIS_ONLY)
   opts = check.opts(F, opts, OPTS)
   local shards = check.integer(F, "option 'shards'", opts.shards, 1, 1, 1024)
   local name = opts.name
@@ -36,6 +38,7 @@ function Counter:add(n)
     error("counter:add: argument 'n' must be an integer in [-2^53, 2^53] (got " .. got .. ")", 2)
   end
   C.keel_counter_add(self.handle, 0, n)
+  return true -- as the Redis counter's add, which can also fail: nil, err
 end
 
 function Counter:value()

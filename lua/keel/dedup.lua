@@ -14,9 +14,11 @@ local Dedup = {}
 Dedup.__index = Dedup
 
 local OPTS = check.set { "ttl_ms", "max", "name" }
+local REDIS_ONLY = check.set { "prefix" }
 
 local function new(opts)
   local F = "keel.dedup"
+  check.redis_only(F, opts, REDIS_ONLY)
   opts = check.opts(F, opts, OPTS)
   local max = check.integer(F, "option 'max'", opts.max, 100000, 1, 2 ^ 32 - 2)
   local ttl = opts.ttl_ms
@@ -42,7 +44,8 @@ end
 
 local keyarg = require "keel.keyarg"
 
-local function key_of(fname, key) return keyarg(fname, "argument 'key'", key, 3) end
+-- a tail call: keyarg's caller is the method itself (level 2)
+local function key_of(fname, key) return keyarg(fname, "argument 'key'", key, 2) end
 
 function Dedup:seen(key)
   if getmetatable(self) ~= Dedup then check.self("dedup:seen", self, Dedup) end

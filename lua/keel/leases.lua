@@ -23,6 +23,7 @@ local Lease = {}
 Lease.__index = Lease
 
 local OPTS = check.set { "ttl_ms", "max", "name" }
+local REDIS_ONLY = check.set { "prefix", "poll_ms", "notify" }
 local ACQ_OPTS = check.set { "ttl_ms", "wait_ms" }
 
 local function ttl_arg(fname, what, v, default)
@@ -36,6 +37,7 @@ end
 
 local function new(opts)
   local F = "keel.leases"
+  check.redis_only(F, opts, REDIS_ONLY)
   opts = check.opts(F, opts, OPTS)
   local ttl = ttl_arg(F, "option 'ttl_ms'", opts.ttl_ms, 10000)
   local max = check.integer(F, "option 'max'", opts.max, 100000, 1, 2 ^ 32 - 2)
@@ -58,7 +60,7 @@ local function new(opts)
 end
 
 local function self_check(fname, self)
-  if getmetatable(self) ~= Leases then check.self(fname, self, Leases) end
+  if getmetatable(self) ~= Leases then check.self(fname, self, Leases, 1) end
 end
 
 local function grant(self, key, owner, token)
@@ -273,6 +275,12 @@ function Leases:stats()
     refused_held = C.keel_leases_stat(h, 4), refused_full = C.keel_leases_stat(h, 5),
     lost = C.keel_leases_stat(h, 6), bytes = C.keel_leases_stat(h, 7),
   }
+end
+
+-- The Redis leases' close() ends its release subscription; a local leases
+-- object holds nothing to close (same method names on both backends).
+function Leases:close()
+  self_check("leases:close", self)
 end
 
 function Leases:__tostring()

@@ -11,6 +11,7 @@ local sched = require "keel.sched"
 local check = require "keel.check"
 local metrics = require "keel.metrics"
 local cmem = require "keel.cmem"
+local queue_levels = require "keel.queue_levels"
 
 local type, error, getmetatable, setmetatable, tostring, pcall, next =
   type, error, getmetatable, setmetatable, tostring, pcall, next
@@ -19,9 +20,13 @@ local floor, huge, max = math.floor, math.huge, math.max
 local Queue = {}
 Queue.__index = Queue
 
-local NEW_OPTS = check.set { "capacity", "visibility_ms", "max_attempts", "dead_letter", "name" }
+local NEW_OPTS = check.set { "capacity", "visibility_ms", "max_attempts", "dead_letter", "name", "priorities" }
+-- options of the Redis queue that configure its connection and delivery
+-- machinery; here they would mean nothing
+local REDIS_ONLY = check.set { "prefix", "group", "consumer", "prefetch", "max_blockers", "block_ms" }
 local PUSH_OPTS = check.set { "delay_ms", "priority", "dedup_key" }
 local POP_OPTS = check.set { "wait_ms" }
+local ACK_OPTS = check.set { "wait" }
 local NACK_OPTS = check.set { "delay_ms", "error" }
 
 -- Longest delay/visibility honoured (~31700 years); the C core clamps the same way.
@@ -159,7 +164,7 @@ end
 local function bury(self, s, attempts)
   local item, key, f = self.items[s], self.keys[s], self.fails[s]
   release(self, s)
-  self.dead = self.dead + 1
+  self.ndead = self.ndead + 1
   local dlq = self.dead_letter
   if dlq then
     local id = push(dlq, item, 0, 0, nil, {
@@ -237,6 +242,10 @@ function Queue:push(item, opts)
     if key ~= nil then key = check.key(F, "option 'dedup_key'", key) end
   end
   if delay > MAX_MS then delay = MAX_MS end
+  if self.levels and not self.levels[priority] then
+    error(string.format("keel.queue:push: option 'priority' must be one of the queue's priorities "
+      .. "(option 'priorities'; got %s)", tostring(priority)), 2)
+  end
   return push(self, item, priority, delay, key)
 end
 
@@ -268,9 +277,15 @@ function Queue:pop(opts)
   return nil, "timeout"
 end
 
-function Queue:ack(msg)
+-- ack(msg [, {wait}]): wait is the Redis queue's (queue the ack and return);
+-- a local ack is immediate either way.
+function Queue:ack(msg, opts)
   check.self("keel.queue:ack", self, Queue)
   local id, attempt = check_msg("keel.queue:ack", msg)
+  if opts ~= nil then
+    check.opts("keel.queue:ack", opts, ACK_OPTS)
+    check.boolean("keel.queue:ack", "option 'wait'", opts.wait, true)
+  end
   if not id or msg.queue ~= self or C.keel_queue_ack(self.q, id, attempt) ~= 0 then
     return nil, "unknown"
   end
@@ -392,9 +407,59 @@ function Queue:stats()
     waiting = self.waiters:count(),
     pushed = st.pushed, popped = st.popped, acked = st.acked,
     nacked = st.nacked, expired = st.expired,
-    dead = self.dead, dead_lettered = self.dead_lettered, dropped = self.dropped,
+    dead = self.ndead, dead_lettered = self.dead_lettered, dropped = self.dropped,
     redriven = self.redriven, duplicates = self.duplicates, full = self.rejected,
   }
+end
+
+-- dead([n = 100]) -> this queue's dead letters waiting in its dead_letter
+-- queue, oldest first, in the Redis queue's shape ({id, item, attempts,
+-- error, dedup_key, priority}); {} without a dead_letter queue (they were
+-- dropped). They stay where they are: redrive() moves them back.
+function Queue:dead(n)
+  local F = "keel.queue:dead"
+  check.self(F, self, Queue)
+  n = check.integer(F, "argument 'n'", n, 100, 1, 1e6)
+  local out, dlq = {}, self.dead_letter
+  if not dlq then return out end
+  local buf, got = ready_ids(dlq, C.keel_queue_ready_count(dlq.q))
+  for i = 0, got - 1 do
+    if #out >= n then break end
+    local id = buf[i]
+    local s = slot_of(dlq, id)
+    local m = dlq.meta[s]
+    if m and m.origin == self then
+      out[#out + 1] = { id = id, item = dlq.items[s], attempts = m.attempts, error = m.error,
+                        dedup_key = m.dedup_key, priority = 0 }
+    end
+  end
+  return out
+end
+
+-- info() -> {length, pending, ready, dead, delayed}, as the Redis queue's:
+-- length = pending (delivered, not acked) + ready; dead = letters waiting in
+-- the dead_letter queue (0 without one).
+function Queue:info()
+  check.self("keel.queue:info", self, Queue)
+  local st = ffi.new("keel_queue_stats_t")
+  C.keel_queue_stats(self.q, st)
+  local dlq = self.dead_letter
+  return {
+    length = st.ready + st.in_flight, pending = st.in_flight, ready = st.ready, delayed = st.delayed,
+    dead = dlq and C.keel_queue_ready_count(dlq.q) or 0,
+  }
+end
+
+-- The Redis queue's flush() waits for acks queued with {wait = false} and
+-- close() releases its connections; a local queue has neither, so both
+-- return at once (same method names on both backends).
+function Queue:flush()
+  check.self("keel.queue:flush", self, Queue)
+  return true
+end
+
+function Queue:close()
+  check.self("keel.queue:close", self, Queue)
 end
 
 function Queue:__tostring()
@@ -403,7 +468,14 @@ end
 
 return function(opts)
   local F = "keel.queue"
+  check.redis_only(F, opts, REDIS_ONLY)
   opts = check.opts(F, opts, NEW_OPTS)
+  local levels = queue_levels.parse(F, opts.priorities)
+  local level_set
+  if levels then
+    level_set = {}
+    for _, l in ipairs(levels) do level_set[l] = true end
+  end
   local capacity = check.integer(F, "option 'capacity'", opts.capacity, 10000, 1, 16777216)
   local vis = opts.visibility_ms
   if vis == nil then vis = 30000 end
@@ -425,11 +497,11 @@ return function(opts)
     q = cmem.own(q, C.keel_queue_free), span = C.keel_queue_span(q),
     world = w, clock = w.clock,
     capacity = capacity, visibility_ms = vis, max_attempts = max_attempts,
-    dead_letter = dlq, name = name,
+    dead_letter = dlq, name = name, levels = level_set,
     items = {}, keys = {}, index = {}, meta = {}, fails = {},
     waiters = sched.waitqueue(),
     timer = nil, timer_at = huge, timer_ref = false, tgen = 0,
-    dead = 0, dead_lettered = 0, dropped = 0, redriven = 0, duplicates = 0, rejected = 0,
+    ndead = 0, dead_lettered = 0, dropped = 0, redriven = 0, duplicates = 0, rejected = 0,
   }, Queue)
   metrics.register("queue", name, self)
   return self

@@ -11,17 +11,21 @@ local cmem = require "keel.cmem"
 
 local FNAME = "keel.ratelimit"
 local OPTS = check.set { "rate", "per_ms", "burst", "keyed", "max_keys", "name" }
+local REDIS_ONLY = check.set { "prefix" }
 local NEVER, TOO_LONG = -2, -1
 local huge = math.huge
-local type, pcall, error, getmetatable = type, pcall, error, getmetatable
+local type, pcall, error, getmetatable, tostring = type, pcall, error, getmetatable, tostring
 
 local Limiter = {}
 Limiter.__index = Limiter
 local Keyed = {}
 Keyed.__index = Keyed
 
+local function describe(v) return type(v) == "string" and string.format("%q", v) or tostring(v) end
+
+-- called through units() from a method: level 4 is the method's caller
 local function bad_n(fname, n)
-  check.number(fname, "argument 'n'", n, nil, 1e-300, 1e300)
+  error(string.format("%s: argument 'n' must be a number in [1e-300, 1e+300] (got %s)", fname, describe(n)), 4)
 end
 
 local function units(fname, n)
@@ -45,7 +49,11 @@ function Limiter:take(n)
 end
 
 local function wait(self, fname, key, n, timeout)
-  if type(timeout) ~= "nil" then check.number(fname, "argument 'timeout_ms'", timeout, nil, 0) end
+  -- type(), not ~= nil: an FFI NULL equals nil
+  if type(timeout) ~= "nil" and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
+    -- level 2: the methods tail-call wait, so its caller is theirs
+    error(string.format("%s: argument 'timeout_ms' must be a number >= 0 (got %s)", fname, describe(timeout)), 2)
+  end
   sched.need_task(fname, 3)
   local p = self.p
   local w
@@ -114,6 +122,7 @@ function Limiter:stats() check.self("ratelimit:stats", self, Limiter); return st
 function Keyed:stats() check.self("ratelimit:stats", self, Keyed); return stats(self) end
 
 return function(opts)
+  check.redis_only(FNAME, opts, REDIS_ONLY)
   opts = check.opts(FNAME, opts, OPTS)
   local rate = check.number(FNAME, "option 'rate'", opts.rate, nil, 1e-9, 1e12)
   local per_ms = check.number(FNAME, "option 'per_ms'", opts.per_ms, 1000, 1e-9, 1e12)

@@ -18,9 +18,11 @@ local Registry = {}
 Registry.__index = Registry
 
 local OPTS = check.set { "ttl_ms", "max", "name" }
+local REDIS_ONLY = check.set { "prefix" }
 
 local function new(opts)
   local F = "keel.registry"
+  check.redis_only(F, opts, REDIS_ONLY)
   opts = check.opts(F, opts, OPTS)
   local ttl = opts.ttl_ms
   if ttl == nil then
@@ -46,7 +48,7 @@ local function new(opts)
 end
 
 local function self_check(fname, self)
-  if getmetatable(self) ~= Registry then check.self(fname, self, Registry) end
+  if getmetatable(self) ~= Registry then check.self(fname, self, Registry, 1) end
 end
 
 -- bind(device, gateway) -> true | nil, "full". Moves the device if it was

@@ -37,8 +37,9 @@ end
 -- or a wrong-type key, reported the same way with its text.
 function common.fail(err) return nil, err end
 
-function common.self(fname, self, mt)
-  if getmetatable(self) ~= mt then check.self(fname, self, mt) end
+-- depth: helper functions between the method and this call (see check.self)
+function common.self(fname, self, mt, depth)
+  if getmetatable(self) ~= mt then check.self(fname, self, mt, 1 + (depth or 0)) end
 end
 
 return common

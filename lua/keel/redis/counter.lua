@@ -34,7 +34,7 @@ function M.new(opts)
   return self
 end
 
--- add([n]) -> the shard's new value | nil, err
+-- add([n]) -> true | nil, err (the shard's own value means nothing to a caller)
 function Counter:add(n)
   local F = "counter:add"
   common.self(F, self, Counter)
@@ -48,7 +48,7 @@ function Counter:add(n)
   local v, err = self.redis:call("INCRBY", self.keys[i], string.format("%d", n))
   if not v then self.st.errors = self.st.errors + 1; return nil, err end
   self.st.adds = self.st.adds + 1
-  return v
+  return true
 end
 
 -- Runs cmd on every shard in one round trip and sums the replies.

@@ -17,14 +17,24 @@ local OPTS = check.set { "redis", "ttl_ms", "max", "name", "prefix" }
 
 local M = {}
 
--- ttl_ms bounds Redis memory (default one day); "max" is accepted for API
--- compatibility and ignored: Redis' maxmemory is the limit.
+-- ttl_ms bounds Redis memory (default one day: a mark without expiry would
+-- stay forever); "max" cannot be honoured (nothing counts one prefix's keys)
+-- and is refused with the alternative.
 function M.new(opts)
   local F = "keel.redis.dedup"
   opts = check.opts(F, opts, OPTS)
+  if opts.max ~= nil then
+    error(F .. ": option 'max' cannot be honoured on Redis (marks are keys of their own): bound them in time "
+      .. "with ttl_ms and Redis memory with maxmemory", 2)
+  end
+  local ttl = opts.ttl_ms
+  if type(ttl) ~= "nil" and (type(ttl) ~= "number" or not (ttl > 0 and ttl <= 1e15)) then
+    error(string.format("%s: option 'ttl_ms' must be a finite number > 0 (at most 1e15) or nil (got %s)", F,
+      type(ttl) == "string" and string.format("%q", ttl) or tostring(ttl)), 2)
+  end
   local self = setmetatable({
     redis = common.client(F, opts.redis),
-    ttl_ms = math.ceil(check.number(F, "option 'ttl_ms'", opts.ttl_ms, 86400000, 1, 1e15)),
+    ttl_ms = math.ceil(ttl or 86400000), -- PX takes whole milliseconds
     name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
     prefix = common.prefix(F, opts, "dedup"),
     st = { checks = 0, duplicates = 0, errors = 0 },
@@ -53,6 +63,20 @@ function Dedup:forget(key)
   local r, err = self.redis:call("DEL", common.tag(self.prefix, key))
   if err then return nil, err end
   return r == 1
+end
+
+-- size()/clear() would need every key of the prefix (spread over the
+-- cluster's slots): refused with the alternatives.
+function Dedup:size()
+  common.self("dedup:size", self, Dedup)
+  error("dedup:size: not available on Redis (marks are keys spread over the cluster): "
+    .. "stats() counts this object's checks and duplicates", 2)
+end
+
+function Dedup:clear()
+  common.self("dedup:clear", self, Dedup)
+  error("dedup:clear: not available on Redis (marks are keys spread over the cluster): "
+    .. "forget(key) unmarks one key; marks end by themselves after ttl_ms", 2)
 end
 
 function Dedup:stats()

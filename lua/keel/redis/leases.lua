@@ -67,11 +67,11 @@ local ACQ_OPTS = check.set { "ttl_ms", "wait_ms" }
 
 local function ttl_arg(fname, what, v, default)
   if v == nil then return default end
-  if type(v) ~= "number" or v ~= v or v < 1 or v == huge then
-    error(string.format("%s: %s must be a finite number >= 1 (got %s)", fname, what,
+  if type(v) ~= "number" or v ~= v or v <= 0 or v == huge then
+    error(string.format("%s: %s must be a finite number > 0 (got %s)", fname, what,
       type(v) == "string" and string.format("%q", v) or tostring(v)), 3)
   end
-  return math.ceil(v)
+  return math.ceil(v) -- PEXPIRE takes whole milliseconds
 end
 
 local M = {}
@@ -79,6 +79,10 @@ local M = {}
 function M.new(opts)
   local F = "keel.redis.leases"
   opts = check.opts(F, opts, OPTS)
+  if opts.max ~= nil then
+    error(F .. ": option 'max' cannot be honoured on Redis (leases are keys that expire after ttl_ms; "
+      .. "bound Redis memory with maxmemory): leave it out", 2)
+  end
   local self = setmetatable({
     redis = common.client(F, opts.redis),
     ttl_ms = ttl_arg(F, "option 'ttl_ms'", opts.ttl_ms, 10000),
@@ -240,6 +244,14 @@ function Leases:valid(key, token)
   local v, err = self.redis:call("HGET", common.tag(self.prefix, key) .. ":l", "token")
   if err then return false, err end
   return v == fmt_token(token)
+end
+
+-- count() needs every key of the prefix: not kept on Redis (the keys are
+-- spread over the cluster's slots).
+function Leases:count()
+  common.self("leases:count", self, Leases)
+  error("leases:count: not available on Redis (the leases are keys spread over the cluster): "
+    .. "ask leases:holder(key) for the keys you care about", 2)
 end
 
 function Leases:stats()

@@ -47,6 +47,7 @@ local metrics = require "keel.metrics"
 local sched = require "keel.sched"
 local redis = require "keel.redis"
 local common = require "keel.redis.common"
+local queue_levels = require "keel.queue_levels"
 local Ccore = require "keel.ffi.core"
 
 local type, tostring, setmetatable, error, tonumber = type, tostring, setmetatable, error, tonumber
@@ -56,7 +57,6 @@ local ACK_BATCH = 1000
 local TRIM_DELAY_MS = 2
 local PROMOTE_MS = 250
 local TRIM_SLACK = 10000
-local MAX_LEVELS = 16
 
 -- Shared by the push scripts (KEYS[1] the target stream, KEYS[2] the
 -- delayed set, KEYS[3..] every level's stream): the streams also hold
@@ -470,13 +470,13 @@ local Queue = {}
 Queue.__index = Queue
 
 local NEW_OPTS = check.set { "redis", "name", "prefix", "group", "consumer", "capacity", "visibility_ms",
-  "max_attempts", "prefetch", "max_blockers", "block_ms", "priorities" }
+  "max_attempts", "prefetch", "max_blockers", "block_ms", "priorities", "dead_letter" }
 local PUSH_OPTS = check.set { "delay_ms", "priority", "dedup_key" }
 local POP_OPTS = check.set { "wait_ms" }
 local ACK_OPTS = check.set { "wait" }
 local NACK_OPTS = check.set { "delay_ms", "error" }
 
-local function self_check(fname, self) common.self(fname, self, Queue) end
+local function self_check(fname, self) common.self(fname, self, Queue, 1) end
 
 local function default_consumer()
   local pid = "?"
@@ -488,24 +488,7 @@ end
 
 -- The declared priority levels, highest first; 0 is always one of them.
 local function parse_levels(F, list)
-  if list == nil then return { 0 } end
-  if type(list) ~= "table" then
-    error(F .. ": option 'priorities' must be a list of integers (got " .. tostring(list) .. ")", 3)
-  end
-  local levels, seen = {}, { [0] = true }
-  for i, p in ipairs(list) do
-    check.integer(F, "option 'priorities' entry " .. i, p, nil, -1e9, 1e9)
-    if not seen[p] then
-      seen[p] = true
-      levels[#levels + 1] = p
-    end
-  end
-  levels[#levels + 1] = 0
-  if #levels > MAX_LEVELS then
-    error(string.format("%s: option 'priorities' may name at most %d levels", F, MAX_LEVELS - 1), 3)
-  end
-  table.sort(levels, function(a, b) return a > b end)
-  return levels
+  return queue_levels.parse(F, list, 3) or { 0 }
 end
 
 local M = {}
@@ -513,10 +496,21 @@ local M = {}
 function M.new(opts)
   local F = "keel.redis.queue"
   opts = check.opts(F, opts, NEW_OPTS)
+  if opts.dead_letter ~= nil then
+    -- the local queue's dead_letter is another queue object; here dead
+    -- letters always go to the queue's own dead stream, in the same script
+    -- as the XACK, so nothing is lost between two queues
+    error(F .. ": option 'dead_letter' is not available on Redis: dead letters stay in the queue's own "
+      .. "dead-letter stream ({prefix}:dead); read them with q:dead(n) and move them back with q:redrive(n)", 2)
+  end
   local client = common.client(F, opts.redis)
   local name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil
   local prefix = common.prefix(F, opts, "queue")
-  local vis = check.number(F, "option 'visibility_ms'", opts.visibility_ms, 30000, 1, 1e12)
+  local vis = opts.visibility_ms -- as keel.queue's: any number in (0, 1e15], whole ms here
+  if vis == nil then vis = 30000 end
+  if type(vis) ~= "number" or not (vis > 0 and vis <= 1e15) then
+    error(string.format("%s: option 'visibility_ms' must be a number in (0, 1e15] (got %s)", F, tostring(vis)), 2)
+  end
   local levels = parse_levels(F, opts.priorities)
   local base = "{" .. prefix .. "}:s"
   local self = setmetatable({
@@ -528,9 +522,9 @@ function M.new(opts)
     levels = levels, streams = {}, level_ix = {}, stream_ix = {}, level_args = {},
     group = check.string(F, "option 'group'", opts.group, "keel"),
     consumer = opts.consumer ~= nil and check.string(F, "option 'consumer'", opts.consumer) or default_consumer(),
-    capacity = check.integer(F, "option 'capacity'", opts.capacity, 1000000, 1, 2 ^ 53),
-    visibility_ms = floor(vis),
-    max_attempts = check.integer(F, "option 'max_attempts'", opts.max_attempts, 5, 1, 1e9),
+    capacity = check.integer(F, "option 'capacity'", opts.capacity, 10000, 1, 2 ^ 53),
+    visibility_ms = math.ceil(vis),
+    max_attempts = check.integer(F, "option 'max_attempts'", opts.max_attempts, 5, 1, 2147483647),
     prefetch = check.integer(F, "option 'prefetch'", opts.prefetch, 16, 1, 10000),
     max_blockers = check.integer(F, "option 'max_blockers'", opts.max_blockers, 4, 0, 1000),
     block_ms = check.number(F, "option 'block_ms'", opts.block_ms, min(1000, math.max(1, floor(vis / 2))), 1, 1e9),
@@ -1244,7 +1238,7 @@ end
 
 function Queue:stats()
   self_check("keel.redis.queue:stats", self)
-  local s = { buffered = self.nbuf, blockers = self.nblockers }
+  local s = { buffered = self.nbuf, blockers = self.nblockers, capacity = self.capacity }
   for k, v in pairs(self.st) do s[k] = v end
   return s
 end

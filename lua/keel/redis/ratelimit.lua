@@ -30,6 +30,19 @@ redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.max(1, math.ceil(new_ta
 return {0}
 ]]
 
+-- ARGV: interval_ms, burst -> units available now, as text (a script's
+-- numbers reach the client as integers)
+local AVAILABLE = redis.script [[
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local T, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local a = burst - (tat - now) / T
+if a < 0 then a = 0 end
+return string.format('%.17g', a)
+]]
+
 local Limiter = {}
 Limiter.__index = Limiter
 
@@ -41,12 +54,20 @@ function M.new(opts)
   local F = "keel.redis.ratelimit"
   opts = check.opts(F, opts, OPTS)
   local rate = check.number(F, "option 'rate'", opts.rate, nil, 1e-9, 1e12)
-  local per_ms = check.number(F, "option 'per_ms'", opts.per_ms, 1000, 1e-6, 1e15)
-  local burst = check.number(F, "option 'burst'", opts.burst, math.max(1, rate), 1, 1e15)
+  local per_ms = check.number(F, "option 'per_ms'", opts.per_ms, 1000, 1e-9, 1e12)
+  local burst = check.number(F, "option 'burst'", opts.burst, math.max(1, rate), 1, 1e12)
+  local keyed = check.boolean(F, "option 'keyed'", opts.keyed, false)
+  if opts.max_keys ~= nil then
+    if not keyed then error(F .. ": option 'max_keys' needs keyed = true", 2) end
+    -- each key's state is one Redis key expiring once its bucket is full
+    -- again: there is no table to bound
+    error(F .. ": option 'max_keys' cannot be honoured on Redis (each key's state expires by itself once its "
+      .. "bucket is full again): leave it out and bound Redis memory with maxmemory", 2)
+  end
   local self = setmetatable({
     redis = common.client(F, opts.redis),
     rate = rate, per_ms = per_ms, burst = burst, interval = per_ms / rate,
-    keyed = check.boolean(F, "option 'keyed'", opts.keyed, false),
+    keyed = keyed,
     name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
     prefix = common.prefix(F, opts, "ratelimit"),
     st = { allowed = 0, limited = 0, errors = 0 },
@@ -60,7 +81,8 @@ local function args(self, F, a, b)
   if self.keyed then key, n = keyarg(F, "argument 'key'", a, 3), b else key, n = "", a end
   if n == nil then n = 1 end
   if type(n) ~= "number" or n ~= n or n <= 0 or n == huge then
-    check.number(F, "argument 'n'", n, nil, 1e-300, 1e300)
+    error(string.format("%s: argument 'n' must be a number in [1e-300, 1e+300] (got %s)", F,
+      type(n) == "string" and string.format("%q", n) or tostring(n)), 3)
   end
   return key, n
 end
@@ -91,7 +113,10 @@ function Limiter:wait(a, b, c)
   common.self(F, self, Limiter)
   local key, n, timeout
   if self.keyed then key, n = args(self, F, a, b); timeout = c else key, n = args(self, F, a); timeout = b end
-  if timeout ~= nil then check.number(F, "argument 'timeout_ms'", timeout, nil, 0) end
+  -- type(), not ~= nil: an FFI NULL equals nil
+  if type(timeout) ~= "nil" and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
+    check.number(F, "argument 'timeout_ms'", timeout, nil, 0)
+  end
   sched.need_task(F, 2)
   local deadline = timeout and sched.now() + timeout
   while true do
@@ -102,6 +127,17 @@ function Limiter:wait(a, b, c)
     if deadline and sched.now() + after > deadline then return nil, "timeout" end
     sched.sleep(math.max(after, 0.1), F)
   end
+end
+
+-- available([key]) -> units that could be taken now (0..burst) | nil, err
+function Limiter:available(key)
+  local F = "ratelimit:available"
+  common.self(F, self, Limiter)
+  if self.keyed then key = keyarg(F, "argument 'key'", key) else key = "" end
+  local r, err = self.redis:eval(AVAILABLE, 1, common.tag(self.prefix, key), string.format("%.17g", self.interval),
+    string.format("%.17g", self.burst))
+  if not r then self.st.errors = self.st.errors + 1; return nil, err end
+  return tonumber(r)
 end
 
 function Limiter:stats()

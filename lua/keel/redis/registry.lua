@@ -80,6 +80,16 @@ local OPTS = check.set { "redis", "ttl_ms", "max", "name", "prefix" }
 
 local M = {}
 
+-- As keel.registry's: any finite number > 0 (default 30 s), whole ms for PEXPIRE.
+local function ttl_option(F, v)
+  if v == nil then return 30000 end
+  if type(v) ~= "number" or not (v > 0 and v <= 1e12) then
+    error(string.format("%s: option 'ttl_ms' must be a finite number > 0 (at most 1e12) (got %s)", F,
+      type(v) == "string" and string.format("%q", v) or tostring(v)), 3)
+  end
+  return math.ceil(v)
+end
+
 function M.new(opts)
   local F = "keel.redis.registry"
   opts = check.opts(F, opts, OPTS)
@@ -87,8 +97,8 @@ function M.new(opts)
   local base = "{" .. prefix .. "}"
   local self = setmetatable({
     redis = common.client(F, opts.redis),
-    ttl_ms = math.ceil(check.number(F, "option 'ttl_ms'", opts.ttl_ms, 30000, 1, 1e12)),
-    max = check.integer(F, "option 'max'", opts.max, 10000000, 1, 2 ^ 53),
+    ttl_ms = ttl_option(F, opts.ttl_ms),
+    max = check.integer(F, "option 'max'", opts.max, 100000, 1, 2 ^ 32 - 2),
     name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
     base = base, dkey = base .. ":d", seq = base .. ":seq",
     st = { binds = 0, moves = 0, unbinds = 0, heartbeats = 0, refused_full = 0, errors = 0 },
