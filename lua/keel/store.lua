@@ -28,7 +28,6 @@ local SQLITE_OK, SQLITE_ROW, SQLITE_DONE = 0, 100, 101
 local SQLITE_INTEGER, SQLITE_FLOAT, SQLITE_TEXT, SQLITE_BLOB = 1, 2, 3, 4
 local OPEN_READONLY, OPEN_READWRITE, OPEN_CREATE = 0x1, 0x2, 0x4
 local OPEN_URI, OPEN_NOMUTEX = 0x40, 0x8000
-local CHECKPOINT_PASSIVE = 0
 
 -- Primary result codes a caller can expect from the environment, and the
 -- code keel.store returns for each. Anything else is a bug in the SQL or
@@ -304,25 +303,56 @@ end
 
 -- Transactions -------------------------------------------------------------------
 
+local function sql_of(sql) return sql end
+
+-- Exactly the values a public call returns: nil, code, message on failure;
+-- changes, rowid for exec; one value otherwise.
+local function results(mode, r1, r2, r3)
+  if r1 == nil then
+    if r2 ~= nil then return nil, r2, r3 end
+    return nil
+  end
+  if mode == "exec" then return r1, r2 end
+  return r1
+end
+
 local function check_sql(fname, sql)
   if type(sql) ~= "string" then
     error(format("%s: argument 'sql' must be a string (got %s)", fname, type(sql)), 3)
   end
 end
 
+local abort_group
+
+-- One statement of transaction tx. SQLite rolls a whole transaction back
+-- on some failures (disk full, I/O errors, OR ROLLBACK): the group is lost
+-- then, and the tx must run nothing more, or its later statements would
+-- autocommit one by one.
+local function tx_run(tx, fname, level, mode, ...)
+  local db = tx.db
+  if tx.lost then return nil, tx.failed_code, tx.failed_msg end
+  local ok, s, a, b = pcall(run, db.w, sql_of(...), mode, select("#", ...) - 1, select(2, ...))
+  if not ok then rethrow(fname, s, level + 1) end
+  if not s and a ~= "constraint" then tx.failed_code, tx.failed_msg = a, b end
+  if C.sqlite3_get_autocommit(db.w.conn) ~= 0 then
+    tx.lost = true
+    tx.failed_code = "io"
+    tx.failed_msg = tx.failed_msg or (s and "the transaction was ended by its own SQL" or b)
+    abort_group(db, tx.failed_msg)
+    if s then return nil, "io", tx.failed_msg end
+  end
+  if not s then return nil, a, b end
+  if mode == "exec" then return a, b end
+  return a
+end
+
 local function tx_method(fname, mode)
   return function(self, sql, ...)
     if getmetatable(self) ~= Tx then check.self(fname, self, Tx) end
     check_sql(fname, sql)
-    local db = self.db
     if not self.live then error(fname .. ": the transaction has ended (use tx only inside db:tx's function)", 2) end
-    local r1, r2, r3 = call(fname, db.w, sql, mode, ...)
-    if r1 == nil and (r2 == "io" or r2 == "busy" or r2 == "readonly" or r2 == "corrupt") then
-      -- The environment failed under this transaction: it cannot commit
-      -- whatever fn does next.
-      self.failed_code, self.failed_msg = r2, r3
-    end
-    return r1, r2, r3
+    -- not a tail call: error levels count this frame
+    return results(mode, tx_run(self, fname, 2, mode, sql, ...))
   end
 end
 
@@ -381,7 +411,7 @@ end
 
 -- Every task of a group whose SQLite transaction SQLite itself rolled back
 -- (it does on some I/O errors) learns it now.
-local function abort_group(db, msg)
+function abort_group(db, msg)
   local group = db.group
   db.group = nil
   if not group then return end
@@ -414,7 +444,7 @@ function Store:tx(fn)
     sched.spawn(commit_group, self, group)
   end
   local group = self.group
-  local ok, code, msg = raw(self, "SAVEPOINT keel_tx")
+  local ok, _, msg = raw(self, "SAVEPOINT keel_tx")
   if not ok then
     if C.sqlite3_get_autocommit(w.conn) ~= 0 then abort_group(self, msg) end
     self.st.failures = self.st.failures + 1
@@ -440,7 +470,7 @@ function Store:tx(fn)
     if not r[1] then error(r[2], 0) end
     return nil, failed_code, tx.failed_msg
   end
-  ok, code, msg = raw(self, "RELEASE keel_tx")
+  ok, _, msg = raw(self, "RELEASE keel_tx")
   if not ok then
     if C.sqlite3_get_autocommit(w.conn) ~= 0 then abort_group(self, msg) end
     self.st.failures = self.st.failures + 1
@@ -481,20 +511,15 @@ local function outer(fname, mode)
         e = pe
       end
       if e and (e.readonly or not e.stmt) and not e.rest then
-        return call(fname, r, sql, mode, ...)
+        return results(mode, call(fname, r, sql, mode, ...))
       end
     end
     local n, args = select("#", ...), { ... }
-    return self:tx(function(tx)
-      local ok, a, b, c = pcall(run, self.w, sql, mode, n, unpack(args, 1, n))
-      if not ok then rethrow(fname, a, 5) end
-      if not a then
-        if b ~= "constraint" then tx.failed_code, tx.failed_msg = b, c end
-        return nil, b, c
-      end
-      if mode == "exec" then return b, c end
-      return b
-    end)
+    -- the caller is 5 frames up: fn, pcall, Store.tx, this method
+    return results(mode, self:tx(function(tx)
+      local a, b, c = tx_run(tx, fname, 5, mode, sql, unpack(args, 1, n))
+      return a, b, c
+    end))
   end
 end
 
@@ -624,14 +649,20 @@ function store.open(path, opts)
   local mode
   mode, code, msg = setup(w, "PRAGMA journal_mode = WAL")
   if not mode then return fail(code, msg) end
-  if not memory and mode ~= "wal" then return fail("io", "cannot switch to WAL (journal_mode is " .. tostring(mode) .. ")") end
+  if not memory and mode ~= "wal" then
+    return fail("io", "cannot switch to WAL (journal_mode is " .. tostring(mode) .. ")")
+  end
   -- Debian builds SQLite with WAL synchronous = FULL: always set it.
   local _
   _, code, msg = setup(w, "PRAGMA synchronous = " .. SYNC[sync])
   if code then return fail(code, msg) end
   _, code, msg = setup(w, "PRAGMA wal_autocheckpoint = " .. ckpt)
   if code then return fail(code, msg) end
-  -- A read-only file opens; learn it now rather than at the first commit.
+  -- A read-only file opens (SQLite falls back to reading): say so now
+  -- rather than at the first commit.
+  if C.sqlite3_db_readonly(w.conn, "main") == 1 then
+    return fail("readonly", "the database is read-only for this process: " .. path)
+  end
   if not memory then
     local ok
     ok, code, msg = raw({ w = w }, "BEGIN IMMEDIATE")

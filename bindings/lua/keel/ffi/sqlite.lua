@@ -16,6 +16,7 @@ const char *sqlite3_errmsg(sqlite3 *db);
 const char *sqlite3_errstr(int rc);
 int sqlite3_extended_errcode(sqlite3 *db);
 int sqlite3_get_autocommit(sqlite3 *db);
+int sqlite3_db_readonly(sqlite3 *db, const char *zDbName);
 int sqlite3_changes(sqlite3 *db);
 sqlite3_int64 sqlite3_last_insert_rowid(sqlite3 *db);
 const char *sqlite3_libversion(void);
