@@ -685,4 +685,5 @@ function store.open(path, opts)
 end
 
 store.Store = Store
+store.Tx = Tx
 return store
