@@ -112,9 +112,12 @@ local function handle_store(self, id, fn)
       return
     end
     local res = fn(tx)
+    -- the store failed under fn (disk full...): db:tx returns nil, "io"
+    if tx.failed_code then return end
     local ok, enc = pcall(json.encode, res == nil and json.null or res)
     if not ok then error("ic:handle: fn's result cannot be stored: " .. enc, 0) end
     local put, code, msg = tx:exec(self.sql_put, id, enc, now_ms())
+    if tx.failed_code then return end
     if not put then error(format("ic:handle: cannot store the mark: %s: %s", tostring(code), tostring(msg)), 0) end
     result = res
     return true
