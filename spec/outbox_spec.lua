@@ -61,9 +61,11 @@ describe("keel.outbox", function()
       assert.matches("field 'aggregate_id' must be a string or an integer",
         select(2, pcall(ob.add, ob, tx, { aggregate_type = "x", aggregate_id = 1.5, type = "t" })))
       assert.matches("sparse array",
-        select(2, pcall(ob.add, ob, tx, { aggregate_type = "x", aggregate_id = 1, type = "t", payload = { 1, nil, 3 } })))
+        select(2, pcall(ob.add, ob, tx,
+          { aggregate_type = "x", aggregate_id = 1, type = "t", payload = { 1, nil, 3 } })))
       assert.matches("carry ids as strings",
-        select(2, pcall(ob.add, ob, tx, { aggregate_type = "x", aggregate_id = 1, type = "t", payload = { id = 2 ^ 53 } })))
+        select(2, pcall(ob.add, ob, tx,
+          { aggregate_type = "x", aggregate_id = 1, type = "t", payload = { id = 2 ^ 53 } })))
     end)
     assert.matches("argument 'tx' must be the transaction", select(2, pcall(ob.add, ob, saved,
       { aggregate_type = "x", aggregate_id = 1, type = "t" })))
