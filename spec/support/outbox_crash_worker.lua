@@ -57,7 +57,7 @@ local function consumer()
   end
 end
 
-for i = 1, 4 do keel.spawn(consumer) end
+for _ = 1, 4 do keel.spawn(consumer) end
 if mode == "run" then
   for w = 1, 3 do keel.spawn(writer, w) end
   print("started")
