@@ -82,8 +82,13 @@ lint: .deps-ok
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
 	  -Iruntime -Ibindings -Ibindings/include runtime bindings examples/embed
 
-bench: .deps-ok all
+bench: .deps-ok all $(BUILD)/store-baseline
 	$(BUILD)/keel bench/run.lua
+
+# The plain-C SQLite loop bench/store.lua compares group commit against.
+$(BUILD)/store-baseline: bench/store_baseline.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_BASE) -o $@ $< -lsqlite3
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \

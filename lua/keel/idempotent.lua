@@ -42,7 +42,7 @@ local function new(opts)
   local self = setmetatable({ ttl_ms = ttl, name = name, inflight = {}, last_clean = -math.huge, cleaning = false,
     st = { handled = 0, duplicates = 0, failed = 0, expired = 0 } }, Idem)
   if db ~= nil then
-    if getmetatable(db) ~= store.Store then error(F .. ": option 'store' must be a keel.store", 2) end
+    if not store.is_store(db) then error(F .. ": option 'store' must be a keel.store", 2) end
     local tname = name or "idempotent"
     if not tname:match("^[%a_][%w_]*$") or #tname > 60 then
       error(format("%s: option 'name' must be an SQL identifier when a store is used (got %q)", F, tname), 2)

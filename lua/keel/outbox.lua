@@ -35,7 +35,7 @@ local function new(opts)
   local F = "keel.outbox"
   opts = check.opts(F, opts, OPTS)
   local db = opts.store
-  if getmetatable(db) ~= store.Store then
+  if not store.is_store(db) then
     error(F .. ": option 'store' must be a keel.store (got " .. tostring(db) .. ")", 2)
   end
   local name = opts.name == nil and "outbox" or ident(F, "option 'name'", opts.name)
@@ -89,7 +89,7 @@ end
 function Outbox:add(tx, evt)
   local F = "outbox:add"
   check.self(F, self, Outbox)
-  if getmetatable(tx) ~= store.Tx or not tx.live then
+  if not store.is_tx(tx) or not tx.live then
     error(F .. ": argument 'tx' must be the transaction of a running db:tx (got " .. tostring(tx) .. ")", 2)
   end
   if tx.db ~= self.db then error(F .. ": the transaction belongs to another store", 2) end

@@ -44,6 +44,13 @@ int sqlite3_column_bytes(sqlite3_stmt *pStmt, int i);
 
 int sqlite3_wal_checkpoint_v2(sqlite3 *db, const char *zDb, int eMode, int *pnLog, int *pnCkpt);
 int keel_utf8_valid(const char *s, size_t n);
+
+typedef struct keel_ckpt keel_ckpt_t;
+keel_ckpt_t *keel_ckpt_start(const char *path, int32_t pages, char *errbuf, int32_t errlen);
+void keel_ckpt_attach(keel_ckpt_t *c, struct sqlite3 *db);
+void keel_ckpt_stop(keel_ckpt_t *c);
+int64_t keel_ckpt_count(const keel_ckpt_t *c);
+int64_t keel_ckpt_frames(const keel_ckpt_t *c);
 ]]
 
 return ffi.C
