@@ -414,6 +414,31 @@ describe("keel.store", function()
     end)
   end)
 
+  describe("checkpoints", function()
+    it("run on the checkpoint thread, never inside COMMIT, and keep the WAL bounded", function()
+      local p = tmpdb()
+      local d = assert(keel.store.open(p, { checkpoint_pages = 8 }))
+      d:exec("create table big(v)")
+      assert.equal(0, d:tx(function(tx) return tx:value("PRAGMA wal_autocheckpoint") end))
+      for i = 1, 200 do d:exec("insert into big values (?)", string.rep(string.char(65 + i % 26), 4000)) end
+      local done = false
+      for _ = 1, 400 do
+        if d:stats().checkpoints > 0 then done = true break end
+        keel.sleep(5)
+      end
+      assert.is_true(done, "no checkpoint ran")
+      assert.equal(200, d:value("select count(*) from big"))
+      d:close()
+      -- the data made it into the database file itself
+      local again = assert(keel.store.open(p, { checkpoint = "inline" }))
+      assert.equal(200, again:value("select count(*) from big"))
+      assert.equal(0, again:stats().checkpoints)
+      assert.equal(1000, again:tx(function(tx) return tx:value("PRAGMA wal_autocheckpoint") end))
+      again:close()
+      rm(p)
+    end)
+  end)
+
   describe("virtual time", function()
     it("works unchanged under keel.sim: commits complete at the same virtual instant", function()
       local t0, t1, n = keel.sim({ seed = 3 }, function()
