@@ -347,6 +347,23 @@ describe("keel.store", function()
       assert.matches("after\t1\t1", out)
     end)
 
+    it("another process's write lock: nil, 'busy' (busy_timeout_ms = 0 never sleeps on the loop)", function()
+      local other = assert(keel.store.open(path))
+      local mine = keel.spawn(function()
+        return db:tx(function(tx) tx:exec("insert into t(id) values (1)") return "mine" end)
+      end)
+      local theirs = keel.spawn(function()
+        return other:tx(function(tx) tx:exec("insert into t(id) values (2)") return "theirs" end)
+      end)
+      assert.same({ true, "mine" }, { mine:join() })
+      local ok, r, code = theirs:join()
+      assert.is_true(ok)
+      assert.is_nil(r)
+      assert.equal("busy", code)
+      assert.equal("theirs", other:tx(function(tx) tx:exec("insert into t(id) values (2)") return "theirs" end))
+      other:close()
+    end)
+
     it("requires a task and a function", function()
       assert.has_error(function() db:tx(42) end, "db:tx: argument 'fn' must be a function (got 42)")
     end)
@@ -440,6 +457,40 @@ describe("keel.store", function()
   end)
 
   describe("virtual time", function()
+    it("works under keel --sim: a file store, group commit and an outbox relay", function()
+      local p = tmpdb()
+      local code, out, err = keelproc.script(string.format([[
+        local keel = require "keel"
+        local db = assert(keel.store.open(%q))
+        db:exec("create table t(id integer primary key, v)")
+        local ob = keel.outbox { store = db }
+        local got = {}
+        local relay = ob:relay { to = function(batch)
+          for _, e in ipairs(batch) do got[#got + 1] = e.payload.v end
+          return true
+        end }
+        local t0 = keel.now()
+        local ts = {}
+        for i = 1, 10 do
+          ts[i] = keel.spawn(function()
+            return db:tx(function(tx)
+              tx:exec("insert into t(v) values (?)", i)
+              ob:add(tx, { aggregate_type = "t", aggregate_id = "one", type = "x", payload = { v = i } })
+            end)
+          end)
+        end
+        for i = 1, 10 do ts[i]:join() end
+        local committed_at = keel.now() - t0
+        keel.sleep(50)
+        relay:stop()
+        print(keel.is_sim(), committed_at, db:value("select count(*) from t"), table.concat(got, ","))
+        db:close()
+      ]], p), {}, { "--sim", "7" })
+      rm(p)
+      assert.equal(0, code, err)
+      assert.equal("true\t0\t10\t1,2,3,4,5,6,7,8,9,10\n", out)
+    end)
+
     it("works unchanged under keel.sim: commits complete at the same virtual instant", function()
       local t0, t1, n = keel.sim({ seed = 3 }, function()
         local d = assert(keel.store.open(":memory:"))
