@@ -176,7 +176,7 @@ function Outbox:relay(opts)
     owner = opts.owner ~= nil and check.string(F, "option 'owner'", opts.owner)
       or format("relay-%d-%d", keel.random(1, 2 ^ 31), keel.random(1, 2 ^ 31)),
     name = opts.name,
-    wq = sched.waitqueue(), stopped = false, blocked = {}, leased = false,
+    wq = sched.waitqueue(), stopped = false, blocked = {}, leased = false, lease_until = 0,
     st = { published = 0, marked = 0, dead = 0, batches = 0, failures = 0, deleted = 0, lease_lost = 0 },
   }, Relay)
   if opts.name ~= nil then check.string(F, "option 'name'", opts.name) end
@@ -222,9 +222,12 @@ local function wall() return math.floor(keel.wall()) end
 -- Takes or renews the lease: true while this relay may publish.
 function Relay:_lease()
   local now = wall()
+  -- Renewed once half of it is gone, not at every pass: a commit saved.
+  if self.leased and now < self.lease_until - self.lease_ms / 2 then return true end
   local changes = self.db:exec(self.sql_lease, self.owner, now + self.lease_ms, now)
   local had = self.leased
   self.leased = changes == 1
+  if self.leased then self.lease_until = now + self.lease_ms end
   if had and not self.leased then self.st.lease_lost = self.st.lease_lost + 1 end
   return self.leased
 end
