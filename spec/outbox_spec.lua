@@ -180,6 +180,25 @@ describe("keel.outbox", function()
     assert.equal(2, calls)
   end)
 
+  it("carries a 10 MB payload and binary bytes unchanged", function()
+    local bin = {}
+    for i = 0, 255 do bin[#bin + 1] = string.char(i) end
+    bin = table.concat(bin)
+    local big = string.rep("0123456789abcdef", 10 * 65536)
+    db:tx(function(tx)
+      ob:add(tx, { aggregate_type = "blob", aggregate_id = 1, type = "big", payload = { data = big } })
+      ob:add(tx, { aggregate_type = "blob", aggregate_id = 1, type = "bin", payload = { data = bin },
+                   headers = { trace = "t-1" } })
+    end)
+    local q = keel.queue { capacity = 10 }
+    local relay = ob:relay { to = q, poll_ms = 5 }
+    local m1, m2 = assert(q:pop { wait_ms = 2000 }), assert(q:pop { wait_ms = 2000 })
+    relay:stop()
+    assert.equal(big, m1.item.payload.data)
+    assert.equal(bin, m2.item.payload.data)
+    assert.same({ trace = "t-1" }, m2.item.headers)
+  end)
+
   it("deletes sent events after retain_ms, in bounded batches", function()
     for i = 1, 5 do place(db, ob, "r", i) end
     local relay = ob:relay { to = function() return true end, poll_ms = 5, retain_ms = 0 }

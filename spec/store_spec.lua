@@ -195,6 +195,13 @@ describe("keel.store", function()
       assert.equal("a", db:value("select v from t where id = 1"))
     end)
 
+    it("keeps working past the statement cache's bound", function()
+      for i = 1, 600 do
+        assert.equal(i, db:value("select ? + 0 * " .. i, i))
+      end
+      assert.equal(7, db:value("select 7"))
+    end)
+
     it("runs a script of several statements when no parameters are given", function()
       db:exec("insert into t(id) values (1); insert into t(id) values (2); -- done")
       assert.equal(2, db:value("select count(*) from t"))
