@@ -199,6 +199,16 @@ describe("keel.outbox", function()
     assert.same({ trace = "t-1" }, m2.item.headers)
   end)
 
+  it("a relay whose store is closed ends quietly", function()
+    local d = assert(keel.store.open(":memory:"))
+    local o = keel.outbox { store = d }
+    local relay = o:relay { to = function() return true end, poll_ms = 5 }
+    keel.sleep(10)
+    d:close()
+    keel.sleep(20)
+    assert.equal("done", relay.task:status())
+  end)
+
   it("deletes sent events after retain_ms, in bounded batches", function()
     for i = 1, 5 do place(db, ob, "r", i) end
     local relay = ob:relay { to = function() return true end, poll_ms = 5, retain_ms = 0 }

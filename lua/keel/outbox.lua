@@ -393,14 +393,15 @@ end
 
 function Relay:_run()
   local last_clean = -math.huge
-  while not self.stopped do
+  -- A closed store ends the relay quietly (its owner is shutting down).
+  while not self.stopped and not self.db.closed do
     local n, why = self:_pass()
     if n < self.batch then
       if keel.now() - last_clean >= math.min(self.poll_ms * 10, 10000) then
         self:_clean()
         last_clean = keel.now()
       end
-      if self.stopped then break end
+      if self.stopped or self.db.closed then break end
       if why == "lease" then
         self.wq:wait(math.max(self.poll_ms, self.lease_ms / 4), "outbox relay")
       elseif n == 0 then
