@@ -263,6 +263,22 @@ describe("keel.store", function()
       keel.sleep(0)
     end)
 
+    it("refuses transaction control inside fn (it would end the whole group)", function()
+      for _, sql in ipairs { "COMMIT", "  rollback", "-- c\nBEGIN", "/* x */ savepoint a", "release a", "end",
+                             "insert into t(id) values (5); commit" } do
+        local ok, err = pcall(db.tx, db, function(tx)
+          tx:exec("insert into t(id) values (1)")
+          tx:exec(sql)
+        end)
+        assert.is_false(ok, sql)
+        assert.matches("transaction control is db:tx's business", err)
+      end
+      assert.equal(0, db:value("select count(*) from t"))
+      assert.matches("transaction control", select(2, pcall(db.exec, db, "commit")))
+      -- a word merely starting like one is fine
+      db:exec("create table endings(x)")
+    end)
+
     it("the tx object is dead once fn returns", function()
       local saved
       db:tx(function(tx) saved = tx end)

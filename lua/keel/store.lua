@@ -110,9 +110,34 @@ local function sql_error(conn, rc, sql)
   return format("%s (SQL: %s)", msg, sql)
 end
 
+-- BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE, END: a transaction is db:tx's
+-- business; one of these inside fn would commit or end the whole group.
+local CONTROL = { begin = true, commit = true, ["end"] = true, rollback = true, savepoint = true, release = true }
+
+local function leading_keyword(sql)
+  local i = 1
+  while true do
+    local j = sql:match("^%s*()", i)
+    if sql:sub(j, j + 1) == "--" then
+      i = (sql:find("\n", j, true) or #sql) + 1
+    elseif sql:sub(j, j + 1) == "/*" then
+      local k = sql:find("*/", j + 2, true)
+      if not k then return "" end
+      i = k + 2
+    else
+      return (sql:match("^(%a+)", j) or ""):lower()
+    end
+  end
+end
+
 local function prepare(c, sql, allow_tail)
   local e = c.cache[sql]
-  if e then return e end
+  if e then
+    if e.control and c.user_tx then
+      error({ store_error = "transaction control is db:tx's business, not allowed inside it (SQL: " .. sql .. ")" })
+    end
+    return e
+  end
   local rc = C.sqlite3_prepare_v2(c.conn, sql, #sql, stmt_box, tail_box)
   if rc ~= SQLITE_OK then
     local code = EXPECTED[rc % 256]
@@ -126,7 +151,12 @@ local function prepare(c, sql, allow_tail)
   end
   stmt = ffi.gc(stmt, C.sqlite3_finalize)
   e = { stmt = stmt, nparams = C.sqlite3_bind_parameter_count(stmt),
-        readonly = C.sqlite3_stmt_readonly(stmt) ~= 0, names = false, ncol = -1 }
+        readonly = C.sqlite3_stmt_readonly(stmt) ~= 0, names = false, ncol = -1,
+        control = CONTROL[leading_keyword(sql)] or false }
+  if e.control and c.user_tx then
+    C.sqlite3_finalize(ffi.gc(stmt, nil))
+    error({ store_error = "transaction control is db:tx's business, not allowed inside it (SQL: " .. sql .. ")" })
+  end
   if rest:find("%S") then
     if not allow_tail then
       C.sqlite3_finalize(ffi.gc(stmt, nil))
@@ -464,9 +494,11 @@ function Store:tx(fn)
   end
   local tx = setmetatable({ db = self, live = true }, Tx)
   task.in_tx = true
+  w.user_tx = true
   local r = { n = 0 }
   local function pack(...) r = { n = select("#", ...), ... } end
   pack(pcall(fn, tx))
+  w.user_tx = false
   task.in_tx = nil
   tx.live = false
   local failed_code = tx.failed_code
@@ -521,6 +553,9 @@ local function outer(fname, mode)
         local ok, pe = pcall(prepare, r, sql, select("#", ...) == 0)
         if not ok then rethrow(fname, pe, 2) end
         e = pe
+      end
+      if e and e.control then
+        error(fname .. ": transaction control is db:tx's business (use db:tx) (SQL: " .. sql .. ")", 2)
       end
       if e and (e.readonly or not e.stmt) and not e.rest then
         return results(mode, call(fname, r, sql, mode, ...))
