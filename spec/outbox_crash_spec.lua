@@ -97,6 +97,7 @@ describe("outbox + idempotent consumer under SIGKILL", function()
       local rand = lcg(seed)
       local base = os.tmpname()
       local path, log = base .. ".db", base .. ".log"
+      local acknowledged = {}
       for _ = 1, KILLS do
         local pid = start(path, server.url, "run", log)
         assert.is_true(wait_for(function() return slurp(log):find("started") ~= nil end, 10000),
@@ -104,14 +105,24 @@ describe("outbox + idempotent consumer under SIGKILL", function()
         keel.sleep(rand(10, 250))
         os.execute("kill -9 " .. pid)
         assert.is_true(wait_for(function() return gone(pid) end, 5000))
+        for id in slurp(log):gmatch("committed (%d+)") do acknowledged[#acknowledged + 1] = tonumber(id) end
       end
       local pid = start(path, server.url, "drain", log)
       assert.is_true(wait_for(function() return gone(pid) end, 20000), "drain did not end")
       local out = slurp(log)
       assert.matches("drained %d+", out)
       local r = check_invariants(path)
+      -- every commit the worker was told about survived its kill
+      local db = assert(keel.store.open(path))
+      local lost = 0
+      for _, id in ipairs(acknowledged) do
+        if not db:value("select id from orders where id = ?", id) then lost = lost + 1 end
+      end
+      db:close()
       os.remove(base); os.remove(log)
       os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm")
+      assert.is_true(#acknowledged > 0)
+      assert.equal(0, lost)
       assert.is_true(r.orders > 0)
       assert.equal(r.orders, r.events)
       assert.equal(r.events, r.applied)

@@ -26,13 +26,17 @@ local AGGS = 5
 
 local function writer(w)
   while true do
-    db:tx(function(tx)
+    local id = db:tx(function(tx)
       local agg = "a" .. keel.random(1, AGGS)
       local seq = (tx:value("select max(seq) from orders where agg = ?", agg) or 0) + 1
       local _, id = tx:exec("insert into orders(agg, seq) values (?, ?)", agg, seq)
       ob:add(tx, { aggregate_type = "agg", aggregate_id = agg, type = "order",
                    payload = { order = tostring(id), seq = seq, writer = w } })
+      return id
     end)
+    -- db:tx returned: the order is durable (against a kill at sync = "normal")
+    io.stdout:write("committed ", id, "\n")
+    io.stdout:flush()
     keel.sleep(keel.random(0, 3))
   end
 end
