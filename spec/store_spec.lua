@@ -387,6 +387,18 @@ describe("keel.store", function()
       other:close()
     end)
 
+    it("opening while another store's commit is pending is not 'busy'", function()
+      local t = keel.spawn(function()
+        return db:tx(function(tx) tx:exec("insert into t(id) values (1)") return "ok" end)
+      end)
+      -- runs right after t, in the same batch: t's group is open, its commit pending
+      local opener = keel.spawn(function() return keel.store.open(path) end)
+      local _, other, code = opener:join()
+      assert.is_not_nil(other, code)
+      assert.same({ true, "ok" }, { t:join() })
+      other:close()
+    end)
+
     it("requires a task and a function", function()
       assert.has_error(function() db:tx(42) end, "db:tx: argument 'fn' must be a function (got 42)")
     end)

@@ -719,12 +719,6 @@ function store.open(path, opts)
   if C.sqlite3_db_readonly(w.conn, "main") == 1 then
     return fail("readonly", "the database is read-only for this process: " .. path)
   end
-  if not memory then
-    local ok
-    ok, code, msg = raw({ w = w }, "BEGIN IMMEDIATE")
-    if not ok then return fail(code, msg) end
-    raw({ w = w }, "ROLLBACK")
-  end
   local r = w
   if not memory then
     r, code, msg = open_conn(path, OPEN_READONLY)
