@@ -15,6 +15,7 @@ local lazy = {
   breaker = "keel.breaker", bulkhead = "keel.bulkhead", ratelimit = "keel.ratelimit",
   backoff = "keel.backoff", retry = "keel.retry", retry_budget = "keel.retry_budget",
   dedup = "keel.dedup", registry = "keel.registry", redis = "keel.redis",
+  store = "keel.store", json = "keel.json", outbox = "keel.outbox", idempotent = "keel.idempotent",
 }
 
 -- These constructors also build the Redis-backed version, with the same

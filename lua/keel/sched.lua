@@ -129,6 +129,10 @@ local function need_task(fname, level)
     error((fname or "keel") .. ": must be called from the task itself, not from a coroutine it created",
       (level or 2) + 1)
   end
+  -- keel.store's db:tx holds the write lock while fn runs: fn must not park.
+  if task.in_tx then
+    error((fname or "keel") .. ": must not wait inside a transaction", (level or 2) + 1)
+  end
   if task.cancelled then error(CANCELLED, 0) end
   return task
 end
