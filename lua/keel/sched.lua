@@ -636,16 +636,18 @@ end
 local Timer = {}
 Timer.__index = Timer
 
--- A timer's fields: id (armed C id, or false), last (the task of its latest
--- body, or false), fired / skipped (counts), stopped, overlap (keel.every
--- starts a body even while the previous one runs).
+-- A timer's fields: id (armed C id, or false); set only once needed, so a
+-- million one-shot timers stay small tables: last (the task of its latest
+-- body), fired / skipped (counts), stopped, overlap (keel.every starts a
+-- body even while the previous one runs).
 function sched.after(ms, fn, interval, overlap)
   local w = W
   -- Relative to the loop's cached time, as libuv and Node do: arming a
   -- million timers costs no clock reads.
   local deadline = w.clock.now_ms + ms
-  local t = setmetatable({ fn = fn, world = w, interval = interval or false, deadline = deadline, id = false,
-    last = false, fired = 0, skipped = 0, stopped = false, overlap = overlap or false }, Timer)
+  local t = setmetatable({ fn = fn, world = w, interval = interval or false, deadline = deadline, id = false },
+    Timer)
+  if overlap then t.overlap = true end
   t.id = arm(w, deadline, t, false)
   return t
 end
@@ -655,7 +657,7 @@ end
 -- stop() has returned no callback begins.
 local function timer_body(t)
   if t.stopped then return end
-  t.fired = t.fired + 1
+  t.fired = (t.fired or 0) + 1
   t.fn()
 end
 
@@ -665,7 +667,7 @@ function Timer:stop()
   if getmetatable(self) ~= Timer then error("timer:stop: call it as a method (timer:stop())", 2) end
   if self.stopped then return false end
   self.stopped = true
-  local pending = never_started(self.last)
+  local pending = never_started(self.last) or false
   if self.id then
     disarm(self.world, self.id, self, false)
     self.id = false
@@ -682,8 +684,8 @@ end
 
 function Timer:stats()
   if getmetatable(self) ~= Timer then error("timer:stats: call it as a method (timer:stats())", 2) end
-  return { fired = self.fired, skipped = self.skipped, armed = self.id ~= false,
-    running = body_running(self.last) and not never_started(self.last), stopped = self.stopped }
+  return { fired = self.fired or 0, skipped = self.skipped or 0, armed = self.id ~= false,
+    running = body_running(self.last) and not never_started(self.last), stopped = self.stopped or false }
 end
 
 -- An unreferenced timer does not keep the process alive on its own.
@@ -722,7 +724,7 @@ local function fire_timer(w, t)
     w.unrefd = w.unrefd - 1
   end
   if not t.overlap and body_running(t.last) then
-    t.skipped = t.skipped + 1
+    t.skipped = (t.skipped or 0) + 1
   else
     t.last = spawn_in(w, timer_body, 1, t)
   end
