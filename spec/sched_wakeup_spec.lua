@@ -261,6 +261,28 @@ describe("cancellation is sticky", function()
     assert.matches("exit=143", out)
   end)
 
+  it("cleanup cancelled again may swallow it and wait: it is never cut short", function()
+    sim(function()
+      local rounds = 0
+      local t = keel.spawn(function()
+        keel.defer(function()
+          for _ = 1, 4 do
+            pcall(keel.sleep, 10)
+            rounds = rounds + 1
+          end
+        end)
+        keel.sleep(1e6)
+      end)
+      keel.sleep(1)
+      t:cancel()      -- the body ends, cleanup starts waiting
+      keel.sleep(1)
+      t:cancel()      -- cancels the cleanup's wait; its later waits raise at once
+      assert.same({ false, "cancelled" }, { t:join() })
+      assert.equal(4, rounds)
+      assert.equal("cancelled", t:status())
+    end)
+  end)
+
   it("deferred cleanup of a cancelled task may still wait", function()
     sim(function()
       local log = {}
