@@ -229,7 +229,9 @@ describe("keel.every", function()
     end)
   end)
 
-  it("callbacks that outlast the interval overlap rather than delay the grid", function()
+  -- Overlapping is opt-in since issue 9.4 (the default skips such ticks:
+  -- spec/timer_spec.lua); with it, the behaviour asserted here is unchanged.
+  it("callbacks that outlast the interval overlap rather than delay the grid ({overlap = true})", function()
     sim(function()
       local starts, running, max_running = {}, 0, 0
       local tm = keel.every(10, function()
@@ -238,8 +240,10 @@ describe("keel.every", function()
         if running > max_running then max_running = running end
         keel.sleep(25)
         running = running - 1
-      end)
-      keel.sleep(50)
+      end, { overlap = true })
+      -- (stop at 50.5, not 50: since issue 9.2 a stop() in the tick's own
+      -- turn prevents that tick's body, which is not what is tested here)
+      keel.sleep(50.5)
       tm:stop()
       keel.sleep(100)
       assert.same({ 10, 20, 30, 40, 50 }, starts)

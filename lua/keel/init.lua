@@ -59,6 +59,10 @@ function keel.current() return sched.current() end
 
 function keel.defer(fn) return sched.defer(fn, "keel.defer") end
 
+-- For code that catches errors around waits: a cancellation must be
+-- re-raised (error(err, 0)), not handled.
+function keel.is_cancelled(err) return err == sched.CANCELLED end
+
 -- check.* raise at the level of their caller's caller: call them straight
 -- from the public function so the error points at the user's line.
 function keel.after(ms, fn)
@@ -67,11 +71,15 @@ function keel.after(ms, fn)
   return sched.after(ms, fn, nil)
 end
 
-function keel.every(ms, fn)
+local EVERY_OPTS = check.set { "overlap" }
+
+function keel.every(ms, fn, opts)
   check.number("keel.every", "argument 'ms'", ms, nil, 0)
   check.func("keel.every", "argument 'fn'", fn)
   if ms <= 0 then error("keel.every: argument 'ms' must be a number > 0 (got " .. tostring(ms) .. ")", 2) end
-  return sched.after(ms, fn, ms)
+  opts = check.opts("keel.every", opts, EVERY_OPTS)
+  local overlap = check.boolean("keel.every", "option 'overlap'", opts.overlap, false)
+  return sched.after(ms, fn, ms, overlap)
 end
 
 -- Runs fn in its own task; on timeout that task is cancelled (its deferred

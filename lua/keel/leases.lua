@@ -78,6 +78,7 @@ local function handoff(self, key)
   local list = self.waiters[key]
   if not list then return end
   local h = self.handle
+  Ccore.keel_clock_update(self.clock) -- a grant's ttl starts now (see acquire)
   local stalled = false
   while list.head <= list.tail do
     local i = list.head
@@ -183,6 +184,10 @@ function Leases:acquire(key, owner, opts)
     ttl = ttl_arg(F, "option 'ttl_ms'", opts.ttl_ms, ttl)
     if opts.wait_ms ~= nil then wait_ms = check.number(F, "option 'wait_ms'", opts.wait_ms, nil, 0) end
   end
+  -- The loop's cached time is as old as the current run of tasks: a task
+  -- that computed for longer than the ttl would be granted a lease that
+  -- expires on the next clock reading (a waiter's timer then takes it).
+  Ccore.keel_clock_update(self.clock)
   -- queued waiters go first
   if self.waiters[key] then handoff(self, key) end
   local h = self.handle
@@ -219,6 +224,7 @@ function Leases:renew(key, token, ttl_ms)
   key = keyarg(F, "argument 'key'", key)
   token = token_arg(F, token)
   local ttl = ttl_arg(F, "argument 'ttl_ms'", ttl_ms, self.ttl_ms)
+  Ccore.keel_clock_update(self.clock) -- the new ttl starts now, as in acquire
   local e = C.keel_leases_renew(self.handle, key, #key, token, ttl)
   if e == 0 then return nil, "lost" end
   return true, e

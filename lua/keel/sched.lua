@@ -22,6 +22,9 @@ local sched = {}
 local TIMEOUT = setmetatable({}, { __tostring = function() return "timeout" end })
 local CANCEL = setmetatable({}, { __tostring = function() return "cancelled" end })
 local DONE = {}
+-- Yielded by a cancelled task that waits again after swallowing the
+-- cancellation: the scheduler drops that coroutine and ends the task.
+local ABANDON = {}
 -- The error value a cancelled task unwinds with; join reports "cancelled".
 local CANCELLED = setmetatable({}, { __tostring = function() return "cancelled" end })
 sched.CANCELLED = CANCELLED
@@ -86,6 +89,10 @@ end
 -- Timers ---------------------------------------------------------------------
 -- Slots map a C timer id to what it wakes: a parked task (slot_gen holds
 -- the generation it waits in) or a timer object (slot_gen is false).
+-- A C id is reused as soon as its timer fires, so an id alone is no handle:
+-- a wait that ends by a value after its timer already fired would cancel
+-- whoever armed that id next. The handle is (id, owner, generation), and
+-- only its owner in that generation can cancel the slot.
 
 local function arm(w, deadline, obj, gen)
   local id = C.keel_timers_add(w.timers, deadline)
@@ -94,9 +101,10 @@ local function arm(w, deadline, obj, gen)
   return id
 end
 
-local function disarm(w, id)
-  if C.keel_timers_cancel(w.timers, id) == 0 then
-    w.slot_obj[id], w.slot_gen[id] = nil, nil
+local function disarm(w, id, obj, gen)
+  local objs, gens = w.slot_obj, w.slot_gen
+  if objs[id] == obj and gens[id] == gen and C.keel_timers_cancel(w.timers, id) == 0 then
+    objs[id], gens[id] = nil, nil
   end
 end
 
@@ -118,6 +126,24 @@ local function park(task)
   return yield()
 end
 
+-- Cancellation is sticky: every wait of a cancelled task raises it. A task
+-- that swallows it (pcall around its waits) and waits again would otherwise
+-- spin for ever without yielding, freezing the whole runtime, SIGTERM
+-- included; so after SWALLOW_MAX swallowed raises its next wait ends it:
+-- the coroutine is dropped and the task finishes "cancelled", keel.defer
+-- cleanups run. Cleanup itself (task.cleaning) may always catch and wait.
+-- task.cancelled: false/nil, or the number of raises so far (0 is truthy).
+local SWALLOW_MAX = 2
+
+local function raise_cancelled(task)
+  local n = task.cancelled
+  if n >= SWALLOW_MAX and not task.cleaning then
+    yield(ABANDON) -- never resumed
+  end
+  task.cancelled = n + 1
+  error(CANCELLED, 0)
+end
+
 local function need_task(fname, level)
   local task = W and W.current
   if not task then
@@ -133,7 +159,7 @@ local function need_task(fname, level)
   if task.in_tx then
     error((fname or "keel") .. ": must not wait inside a transaction", (level or 2) + 1)
   end
-  if task.cancelled then error(CANCELLED, 0) end
+  if task.cancelled then raise_cancelled(task) end
   return task
 end
 sched.need_task = need_task
@@ -214,14 +240,18 @@ function WaitQueue:wait(timeout, fname)
   local tid
   if timeout then tid = arm(w, C.keel_clock_update(w.clock) + timeout, task, gen) end
   local a, b, c = park(task)
-  if tid and a ~= TIMEOUT then disarm(w, tid) end
+  if tid and a ~= TIMEOUT then disarm(w, tid, task, gen) end
   if a == TIMEOUT then
     wq_remove(self, i, task)
+    -- a cancel that landed after the timeout queued us still counts
+    if task.cancelled then raise_cancelled(task) end
     return nil, "timeout"
   elseif a == CANCEL then
     wq_remove(self, i, task)
-    error(CANCELLED, 0)
+    raise_cancelled(task)
   end
+  -- A value was handed over before a cancel landed: it is ours (a channel
+  -- send already counted it as delivered); the next wait raises.
   return a, b, c
 end
 
@@ -273,16 +303,18 @@ function sched.sleep(ms, fname)
     push_ready(w, task)
     task.state = "running"
     yield()
-    if task.cancelled then error(CANCELLED, 0) end
+    if task.cancelled then raise_cancelled(task) end
     return
   end
   -- Sleeping for ever arms no timer: a virtual clock must not jump to
   -- infinity, and only cancellation ends such a sleep.
   local tid = ms ~= huge and arm(w, C.keel_clock_update(w.clock) + ms, task, gen)
   local a = park(task)
-  if a == CANCEL then
-    if tid then disarm(w, tid) end
-    error(CANCELLED, 0)
+  -- Woken by the cancel, or by the expiry with a cancel landing before we
+  -- ran: either way cancel() returned true, so the sleep raises.
+  if task.cancelled then
+    if tid and a == CANCEL then disarm(w, tid, task, gen) end
+    raise_cancelled(task)
   end
 end
 
@@ -348,12 +380,15 @@ function sched.await(id, timeout, fname)
   local tid
   if timeout then tid = arm(w, C.keel_clock_update(w.clock) + timeout, task, gen) end
   local a, b, c = park(task)
-  if tid and a ~= TIMEOUT then disarm(w, tid) end
+  if tid and a ~= TIMEOUT then disarm(w, tid, task, gen) end
   -- woken by complete, the slot is already released; by a timeout or a
   -- cancel, it is still ours
   if live_slot(id) then release_slot(slot) end
-  if a == TIMEOUT then return nil, "timeout" end
-  if a == CANCEL then error(CANCELLED, 0) end
+  if a == TIMEOUT then
+    if task.cancelled then raise_cancelled(task) end
+    return nil, "timeout"
+  end
+  if a == CANCEL then raise_cancelled(task) end
   return a, b, c
 end
 
@@ -419,6 +454,7 @@ local function run_defers(task)
   if not defers then return end
   task.defers = nil
   task.cancelled = false -- cleanup may itself wait (release a remote lease)
+  task.cleaning = true
   for i = #defers, 1, -1 do
     local ok, err = xpcall(defers[i], defer_error)
     if not ok then report("keel: error in deferred cleanup: " .. err) end
@@ -496,7 +532,12 @@ local function step(w, task)
     ok, m = coresume(co, task)
   end
   w.current = nil
-  if m == DONE and ok then
+  if m == ABANDON and ok then
+    -- Run the task again from a fresh coroutine: body sees it cancelled and
+    -- finishes it (cleanups included); the swallowing stack is dropped.
+    task.co = false
+    push_ready(w, task)
+  elseif m == DONE and ok then
     task.co = nil
     if w.npool < POOL_MAX then
       local np = w.npool + 1
@@ -606,7 +647,7 @@ function Task:cancel()
   if not is_task(self) then error("task:cancel: call it as a method (task:cancel())", 2) end
   local s = self.state
   if s == "done" or s == "failed" or s == "cancelled" then return false end
-  self.cancelled = true
+  if not self.cancelled then self.cancelled = 0 end
   if self.state == "waiting" then wake(self, self.gen, CANCEL) end
   return true
 end
@@ -637,25 +678,56 @@ end
 local Timer = {}
 Timer.__index = Timer
 
-function sched.after(ms, fn, interval)
+-- A timer's fields: id (armed C id, or false); set only once needed, so a
+-- million one-shot timers stay small tables: last (the task of its latest
+-- body), fired / skipped (counts), stopped, overlap (keel.every starts a
+-- body even while the previous one runs).
+function sched.after(ms, fn, interval, overlap)
   local w = W
   -- Relative to the loop's cached time, as libuv and Node do: arming a
   -- million timers costs no clock reads.
   local deadline = w.clock.now_ms + ms
-  local t = setmetatable({ fn = fn, world = w, interval = interval or false, deadline = deadline, id = false }, Timer)
+  local t = setmetatable({ fn = fn, world = w, interval = interval or false, deadline = deadline, id = false },
+    Timer)
+  if overlap then t.overlap = true end
   t.id = arm(w, deadline, t, false)
   return t
 end
 
+-- A fired timer's body is a task queued behind others; stop() may run
+-- first, in the same turn. The body checks the timer as it starts, so once
+-- stop() has returned no callback begins.
+local function timer_body(t)
+  if t.stopped then return end
+  t.fired = (t.fired or 0) + 1
+  t.fn()
+end
+
+local function never_started(task) return task and task.co == false end
+
 function Timer:stop()
   if getmetatable(self) ~= Timer then error("timer:stop: call it as a method (timer:stop())", 2) end
+  if self.stopped then return false end
+  self.stopped = true
+  local pending = never_started(self.last) or false
   if self.id then
-    disarm(self.world, self.id)
+    disarm(self.world, self.id, self, false)
     self.id = false
     if self.unrefd then self.world.unrefd = self.world.unrefd - 1 end
-    return true
+    pending = true
   end
-  return false
+  return pending
+end
+
+local function body_running(task)
+  local s = task and task.state
+  return s == "running" or s == "waiting"
+end
+
+function Timer:stats()
+  if getmetatable(self) ~= Timer then error("timer:stats: call it as a method (timer:stats())", 2) end
+  return { fired = self.fired or 0, skipped = self.skipped or 0, armed = self.id ~= false,
+    running = body_running(self.last) and not never_started(self.last), stopped = self.stopped or false }
 end
 
 -- An unreferenced timer does not keep the process alive on its own.
@@ -693,7 +765,11 @@ local function fire_timer(w, t)
   elseif t.unrefd then
     w.unrefd = w.unrefd - 1
   end
-  spawn_in(w, t.fn, 0)
+  if not t.overlap and body_running(t.last) then
+    t.skipped = (t.skipped or 0) + 1
+  else
+    t.last = spawn_in(w, timer_body, 1, t)
+  end
 end
 
 local function fire_expired(w)
