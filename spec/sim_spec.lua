@@ -226,3 +226,23 @@ describe("keel.sim", function()
     end)
   end)
 end)
+
+describe("keel.sim whose main task fails", function()
+  local proc = require "keelproc"
+
+  it("raises the main task's error at once, even with a keel.every still armed", function()
+    -- Run in a child under a watchdog: the old code ticked the armed timer
+    -- through virtual time forever and never returned.
+    local code, out, err = proc.run({ "-e", [[
+      local keel = require "keel"
+      local ok, e = pcall(keel.sim, { seed = 1 }, function()
+        keel.every(10, function() end)
+        keel.sleep(5)
+        error("boom", 0)
+      end)
+      print(ok, e)
+    ]] }, { prefix = "timeout -s KILL 20" })
+    assert.equal(0, code, err)
+    assert.equal("false\tboom\n", out)
+  end)
+end)

@@ -902,6 +902,10 @@ function sched.run_nested(w, fn, ...)
   while true do
     local state = sched.tick(w)
     if state == sched.DONE then break end
+    -- As a real run exits when its main task fails, so does a simulation:
+    -- waiting for "everything it spawned" would never end while a
+    -- keel.every is armed. The rest of the world is abandoned.
+    if main.state == "failed" or main.state == "cancelled" then break end
     if state == sched.EXIT then
       -- keel.exit inside a simulation cannot end the process from here, and
       -- the main task never finished: say so rather than raise nothing.
