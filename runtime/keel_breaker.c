@@ -24,6 +24,9 @@ struct keel_breaker {
     int64_t head_sec;
 
     int32_t ho_issued, ho_recorded, ho_failures, ho_slow;
+    /* the sample that decided the last opening (the window, or the
+     * half-open probes), reported while OPEN as Resilience4j does */
+    int64_t open_calls, open_failures, open_slow;
     double opened_at, open_until;
     int32_t consecutive_opens;
 
@@ -52,7 +55,9 @@ keel_breaker_t *keel_breaker_new(keel_clock_t *clock, int window_kind, int32_t s
     /* A 0% threshold would trip on success alone, so rates live in (0, 100]. */
     if (bad(failure_rate) || failure_rate <= 0 || failure_rate > 100) return NULL;
     if (bad(slow_rate) || slow_rate <= 0 || slow_rate > 100) return NULL;
-    if (bad(slow_ms) || slow_ms < 0 || bad(open_ms) || open_ms < 0) return NULL;
+    /* slow_ms = 0 makes every call slow; open_ms = 0 an open state that
+     * never refuses anything (Resilience4j rejects both too). */
+    if (bad(slow_ms) || slow_ms <= 0 || bad(open_ms) || open_ms <= 0) return NULL;
 
     keel_breaker_t *b = calloc(1, sizeof *b);
     if (!b) return NULL;
@@ -127,7 +132,10 @@ static int tripped(const keel_breaker_t *b, int64_t calls, int64_t failures, int
            (double)slow * 100.0 >= b->slow_rate * (double)calls;
 }
 
-static void to_open(keel_breaker_t *b) {
+static void to_open(keel_breaker_t *b, int64_t calls, int64_t failures, int64_t slow) {
+    b->open_calls = calls;
+    b->open_failures = failures;
+    b->open_slow = slow;
     b->state = KEEL_BREAKER_OPEN;
     b->opened_at = b->clock->now_ms;
     b->open_until = b->opened_at + b->open_ms;
@@ -187,7 +195,8 @@ int keel_breaker_record(keel_breaker_t *b, int ok, double duration_ms) {
         b->ho_failures += (f & F_FAIL) != 0;
         b->ho_slow += (f & F_SLOW) != 0;
         if (b->ho_recorded >= b->half_open_calls) {
-            if (tripped(b, b->ho_recorded, b->ho_failures, b->ho_slow)) to_open(b);
+            if (tripped(b, b->ho_recorded, b->ho_failures, b->ho_slow))
+                to_open(b, b->ho_recorded, b->ho_failures, b->ho_slow);
             else to_closed(b);
         }
         return b->state;
@@ -214,7 +223,8 @@ int keel_breaker_record(keel_breaker_t *b, int ok, double duration_ms) {
     b->calls++;
     b->failures += (f & F_FAIL) != 0;
     b->slow += (f & F_SLOW) != 0;
-    if (b->calls >= b->min_calls && tripped(b, b->calls, b->failures, b->slow)) to_open(b);
+    if (b->calls >= b->min_calls && tripped(b, b->calls, b->failures, b->slow))
+        to_open(b, b->calls, b->failures, b->slow);
     return b->state;
 }
 
@@ -226,7 +236,10 @@ int keel_breaker_cancel(keel_breaker_t *b) {
 int keel_breaker_force(keel_breaker_t *b, int state) {
     switch (state) {
     case KEEL_BREAKER_CLOSED: to_closed(b); break;
-    case KEEL_BREAKER_OPEN: to_open(b); break;
+    case KEEL_BREAKER_OPEN:
+        if (b->state == KEEL_BREAKER_HALF_OPEN) to_open(b, b->ho_recorded, b->ho_failures, b->ho_slow);
+        else to_open(b, b->calls, b->failures, b->slow);
+        break;
     case KEEL_BREAKER_HALF_OPEN: to_half_open(b); break;
     case KEEL_BREAKER_FORCED_OPEN: b->state = state; break;
     case KEEL_BREAKER_DISABLED: reset_window(b); b->state = state; break;
@@ -247,10 +260,25 @@ void keel_breaker_stats(keel_breaker_t *b, keel_breaker_stats_t *out) {
     if (b->buckets) advance(b);
     check_open_expiry(b);
     out->state = b->state;
-    out->window_calls = (double)b->calls;
-    out->window_failures = (double)b->failures;
-    out->window_slow = (double)b->slow;
-    out->half_open_permits = b->state == KEEL_BREAKER_HALF_OPEN ? b->half_open_calls - b->ho_issued : 0;
+    /* The window that decides the next transition (closed: the sliding
+     * window; half_open: the probes recorded so far), or while open the
+     * one that decided the last. */
+    int64_t calls = b->calls, failures = b->failures, slow = b->slow;
+    if (b->state == KEEL_BREAKER_HALF_OPEN) {
+        calls = b->ho_recorded;
+        failures = b->ho_failures;
+        slow = b->ho_slow;
+    } else if (b->state == KEEL_BREAKER_OPEN) {
+        calls = b->open_calls;
+        failures = b->open_failures;
+        slow = b->open_slow;
+    }
+    out->window_calls = (double)calls;
+    out->window_failures = (double)failures;
+    out->window_slow = (double)slow;
+    int ho = b->state == KEEL_BREAKER_HALF_OPEN;
+    out->half_open_permits = ho ? b->half_open_calls - b->ho_issued : 0;
+    out->probes_in_flight = ho ? b->ho_issued - b->ho_recorded : 0;
     out->consecutive_opens = b->consecutive_opens;
     out->calls = b->t_calls;
     out->failures = b->t_failures;

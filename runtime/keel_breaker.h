@@ -28,7 +28,9 @@ typedef struct keel_breaker keel_breaker_t;
 
 typedef struct keel_breaker_stats {
     double state;
-    double window_calls;      /* calls currently in the window */
+    double window_calls;      /* the deciding sample: closed, the sliding window;
+                               * half_open, the probes recorded; open, the
+                               * sample that opened it (window or probes) */
     double window_failures;
     double window_slow;
     double half_open_permits; /* permits still to hand out in half_open */
@@ -40,11 +42,12 @@ typedef struct keel_breaker_stats {
     double rejected;
     double opened;            /* transitions into OPEN */
     double open_until_ms;     /* when OPEN ends (clock ms), 0 otherwise */
+    double probes_in_flight;  /* half_open permits out without an outcome */
 } keel_breaker_stats_t;
 
 /* Returns NULL when an argument is out of range (size/min_calls/half_open_calls
- * < 1, size > KEEL_BREAKER_MAX_SIZE, rates outside [0,100], negative times,
- * NaN) or out of memory. failure_rate and slow_rate are percentages: the
+ * < 1, size > KEEL_BREAKER_MAX_SIZE, rates outside (0,100], slow_ms or
+ * open_ms <= 0, NaN) or out of memory. failure_rate and slow_rate are percentages: the
  * breaker opens when a rate is >= its threshold once window_calls >= min_calls
  * (min_calls is capped at size for count windows). */
 keel_breaker_t *keel_breaker_new(keel_clock_t *clock, int window_kind, int32_t size,

@@ -20,6 +20,8 @@ local NAMES = { [0] = "closed", "open", "half_open", "forced_open", "disabled" }
 local CODES = { closed = 0, open = 1, half_open = 2, forced_open = 3, disabled = 4 }
 local OPEN = 1
 local INT_MAX = 2147483647
+-- also the nominal period handed to C when a backoff sets each period
+local DEFAULT_OPEN_MS = 60000
 
 local band, rshift = bit.band, bit.rshift
 local type, pcall, xpcall, error, getmetatable, tostring = type, pcall, xpcall, error, getmetatable, tostring
@@ -164,6 +166,7 @@ function Breaker:stats()
     half_open_permits = s.half_open_permits, consecutive_opens = s.consecutive_opens,
     calls = s.calls, failures = s.failures, slow = s.slow, allowed = s.allowed,
     rejected = s.rejected, opened = s.opened, open_until_ms = s.open_until_ms,
+    probes_in_flight = s.probes_in_flight,
   }
 end
 
@@ -173,23 +176,28 @@ end
 
 -- Checks raise at level 3: the constructor's caller (open_option is one
 -- call below the constructor).
-local function in_range(what, v, min, max)
-  if type(v) ~= "number" or not (v >= min and v <= max) then
-    error(string.format("%s: option '%s' must be a number in [%s, %s] (got %s)", FNAME, what, tostring(min),
-      tostring(max), type(v) == "string" and string.format("%q", v) or tostring(v)), 4)
+local function in_range(what, v, min, max, open_min)
+  local ok = type(v) == "number" and v <= max
+  if ok then
+    if open_min then ok = v > min else ok = v >= min end
+  end
+  if not ok then
+    error(string.format("%s: option '%s' must be a number in %s%s, %s] (got %s)", FNAME, what,
+      open_min and "(" or "[", tostring(min), tostring(max),
+      type(v) == "string" and string.format("%q", v) or tostring(v)), 4)
   end
   return v
 end
 
 local function open_option(v)
-  if v == nil then return 60000 end
+  if v == nil then return DEFAULT_OPEN_MS end
   if type(v) == "number" then
-    local ms = in_range("open_ms", v, 0, 1e12) -- not a tail call: in_range counts this frame
+    local ms = in_range("open_ms", v, 0, 1e12, true) -- not a tail call: in_range counts this frame
     return ms
   end
   if type(v) == "table" then
     if type(v.delay) == "function" then return nil, v end
-    local base = in_range("open_ms.base_ms", v.base_ms or v[1], 0, 1e12)
+    local base = in_range("open_ms.base_ms", v.base_ms or v[1], 0, 1e12, true)
     local cap = v.cap_ms or v[2]
     if cap == nil then cap = math.max(base, 60000) end
     local factor = v.factor or v[3]
@@ -200,7 +208,7 @@ local function open_option(v)
     }
     return nil, b
   end
-  error(FNAME .. ": option 'open_ms' must be a number >= 0, a keel.backoff or {base_ms, cap_ms, factor} (got "
+  error(FNAME .. ": option 'open_ms' must be a number > 0, a keel.backoff or {base_ms, cap_ms, factor} (got "
         .. tostring(v) .. ")", 3)
 end
 
@@ -212,6 +220,7 @@ return function(opts)
   local min_calls = check.integer(FNAME, "option 'min_calls'", opts.min_calls, 100, 1, INT_MAX)
   local failure_rate = check.number(FNAME, "option 'failure_rate'", opts.failure_rate, 50, 0, 100)
   local slow_ms = check.number(FNAME, "option 'slow_ms'", opts.slow_ms, 60000, 0, math.huge)
+  if slow_ms == 0 then error(FNAME .. ": option 'slow_ms' must be a number > 0 (got 0)", 2) end
   local slow_rate = check.number(FNAME, "option 'slow_rate'", opts.slow_rate, 100, 0, 100)
   if failure_rate == 0 then check.number(FNAME, "option 'failure_rate'", 0, nil, 1e-9, 100) end
   if slow_rate == 0 then check.number(FNAME, "option 'slow_rate'", 0, nil, 1e-9, 100) end
@@ -221,7 +230,7 @@ return function(opts)
   local w = sched.world()
   if not w then error(FNAME .. ": no runtime world (is keel running?)", 2) end
   local p = C.keel_breaker_new(w.clock, window == "time" and 1 or 0, size, min_calls, failure_rate,
-                               slow_ms, slow_rate, open_ms or 0, half_open_calls)
+                               slow_ms, slow_rate, open_ms or DEFAULT_OPEN_MS, half_open_calls)
   if p == nil then error(FNAME .. ": out of memory", 2) end
   local self = setmetatable({
     p = cmem.own(p, C.keel_breaker_free), clock = w.clock, st = 0, name = name,

@@ -12,6 +12,7 @@ local cmem = require "keel.cmem"
 local FNAME = "keel.bulkhead"
 local OPTS = check.set { "max", "queue", "wait_ms", "keyed", "max_keys", "name" }
 local ACQUIRED, QUEUED = 1, 0
+local INT_MAX = 2147483647
 local type, pcall, error, getmetatable, setmetatable = type, pcall, error, getmetatable, setmetatable
 
 local Bulkhead = {}
@@ -169,13 +170,20 @@ end
 
 return function(opts)
   opts = check.opts(FNAME, opts, OPTS)
-  local max = check.integer(FNAME, "option 'max'", opts.max, 10, 1, 2147483647)
-  local queue = check.integer(FNAME, "option 'queue'", opts.queue, 0, 0, 2147483647)
+  local max = check.integer(FNAME, "option 'max'", opts.max, 10, 1, INT_MAX)
   local wait_ms = opts.wait_ms
   if type(wait_ms) ~= "nil" then
     check.number(FNAME, "option 'wait_ms'", wait_ms, nil, 0)
-    if wait_ms == math.huge then wait_ms = nil end
   end
+  -- wait_ms > 0 alone makes callers wait, as Resilience4j's maxWaitDuration
+  -- does: the queue is then unbounded (every waiter leaves by wait_ms).
+  local waits = wait_ms ~= nil and wait_ms > 0
+  local queue = check.integer(FNAME, "option 'queue'", opts.queue, waits and INT_MAX or 0, 0, INT_MAX)
+  if waits and queue == 0 then
+    error(FNAME .. ": option 'wait_ms' needs a queue (queue = 0 refuses every waiter; omit queue or set it > 0)",
+      2)
+  end
+  if wait_ms == math.huge then wait_ms = nil end
   local keyed = check.boolean(FNAME, "option 'keyed'", opts.keyed, false)
   local max_keys = 0
   if keyed then

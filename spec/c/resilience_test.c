@@ -28,6 +28,8 @@ static void breaker_count(void) {
     CHECK(!keel_breaker_new(&clock, 0, 4, 1, 0, 100, 100, 1000, 1));
     CHECK(!keel_breaker_new(&clock, 0, 4, 1, NAN, 100, 100, 1000, 1));
     CHECK(!keel_breaker_new(&clock, 2, 4, 1, 50, 100, 100, 1000, 1));
+    CHECK(!keel_breaker_new(&clock, 0, 4, 1, 50, 0, 100, 1000, 1)); /* slow_ms = 0 */
+    CHECK(!keel_breaker_new(&clock, 0, 4, 1, 50, 100, 100, 0, 1)); /* open_ms = 0 */
     keel_breaker_t *b = keel_breaker_new(&clock, KEEL_BREAKER_WINDOW_COUNT, 4, 4, 50, 100, 100, 1000, 2);
     CHECK(b);
     /* 3 failures in 3 calls: below min_calls, stays closed */
@@ -222,6 +224,8 @@ static void backoff(void) {
     CHECK(keel_backoff_delay(NULL, KEEL_BACKOFF_NONE, 100, 1000, 2, 4, 0) == 800);
     CHECK(keel_backoff_delay(NULL, KEEL_BACKOFF_NONE, 100, 1000, 2, 5, 0) == 1000);
     CHECK(keel_backoff_delay(NULL, KEEL_BACKOFF_NONE, 100, 1000, 2, 1e9, 0) == 1000);
+    CHECK(keel_backoff_delay(NULL, KEEL_BACKOFF_NONE, 0, 30000, 2, 1025, 0) == 0); /* 0 * inf */
+    CHECK(keel_backoff_delay(&r, KEEL_BACKOFF_EQUAL, 0, 30000, 2, 1025, 0) == 0);
     CHECK(keel_backoff_delay(NULL, KEEL_BACKOFF_FULL, 100, 1000, 2, 1, 0) == -1);
     CHECK(keel_backoff_delay(&r, 9, 100, 1000, 2, 1, 0) == -1);
     CHECK(keel_backoff_delay(&r, KEEL_BACKOFF_FULL, 100, 50, 2, 1, 0) == -1);

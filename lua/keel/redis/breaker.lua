@@ -240,8 +240,8 @@ local function open_option(F, v)
   if v == nil then v = 60000 end
   local base, cap, factor
   if type(v) == "number" then
-    if v ~= v or v < 0 or v > 1e12 then
-      error(string.format("%s: option 'open_ms' must be a number in [0, 1e12] (got %s)", F, tostring(v)), 3)
+    if v ~= v or v <= 0 or v > 1e12 then
+      error(string.format("%s: option 'open_ms' must be a number in (0, 1e12] (got %s)", F, tostring(v)), 3)
     end
     base, cap, factor = v, v, 1
   elseif type(v) == "table" and type(v.delay) == "function" then
@@ -252,8 +252,8 @@ local function open_option(F, v)
     base, cap, factor = v.base_ms, v.cap_ms, v.factor
   elseif type(v) == "table" then
     base, cap, factor = v.base_ms or v[1], v.cap_ms or v[2], v.factor or v[3]
-    if type(base) ~= "number" or base ~= base or base < 0 or base > 1e12 then
-      error(string.format("%s: option 'open_ms.base_ms' must be a number in [0, 1e12] (got %s)", F,
+    if type(base) ~= "number" or base ~= base or base <= 0 or base > 1e12 then
+      error(string.format("%s: option 'open_ms.base_ms' must be a number in (0, 1e12] (got %s)", F,
         tostring(base)), 3)
     end
     if cap == nil then cap = math.max(base, 60000) end
@@ -267,7 +267,7 @@ local function open_option(F, v)
         tostring(factor)), 3)
     end
   else
-    error(string.format("%s: option 'open_ms' must be a number >= 0, a keel.backoff or {base_ms, cap_ms, factor} "
+    error(string.format("%s: option 'open_ms' must be a number > 0, a keel.backoff or {base_ms, cap_ms, factor} "
       .. "(got %s)", F, tostring(v)), 3)
   end
   return string.format("%.17g,%.17g,%.17g", base, cap, factor), v
@@ -281,6 +281,8 @@ function M.new(opts)
   if slow_rate == 0 then check.number(F, "option 'slow_rate'", 0, nil, 1e-9, 100) end
   local half_open_calls = check.integer(F, "option 'half_open_calls'", opts.half_open_calls, 10, 1, 2 ^ 31 - 1)
   local open_spec, open_ms = open_option(F, opts.open_ms)
+  -- slow_ms = 0 would make every call slow (rejected as keel.breaker does)
+  if opts.slow_ms == 0 then error(F .. ": option 'slow_ms' must be a number > 0 (got 0)", 2) end
   local prefix = common.prefix(F, opts, "breaker")
   local base = "{" .. prefix .. "}"
   local self = setmetatable({

@@ -6,7 +6,8 @@ ffi.cdef [[
 typedef struct keel_breaker keel_breaker_t;
 typedef struct keel_breaker_stats {
     double state, window_calls, window_failures, window_slow, half_open_permits,
-           consecutive_opens, calls, failures, slow, allowed, rejected, opened, open_until_ms;
+           consecutive_opens, calls, failures, slow, allowed, rejected, opened, open_until_ms,
+           probes_in_flight;
 } keel_breaker_stats_t;
 keel_breaker_t *keel_breaker_new(keel_clock_t *clock, int window_kind, int32_t size,
                                  int32_t min_calls, double failure_rate, double slow_ms,
