@@ -10,15 +10,19 @@ local sched = require "keel.sched"
 local metrics = require "keel.metrics"
 local new_backoff = require "keel.backoff"
 local cmem = require "keel.cmem"
+local events = require "keel.events"
+local outcome = require "keel.outcome"
 
 local FNAME = "keel.breaker"
-local OPTS = check.set { "window", "size", "min_calls", "failure_rate", "slow_ms", "slow_rate",
-                         "open_ms", "half_open_calls", "name" }
-local REDIS_ONLY = check.set { "prefix", "window_ms", "buckets", "probe_ttl_ms", "sync_ms", "fallback_ms",
-                               "local_opts" }
+local OPTS = check.set { "window", "size", "window_ms", "buckets", "min_calls", "failure_rate", "slow_ms",
+                         "slow_rate", "open_ms", "half_open_calls", "max_wait_half_open_ms", "record_error",
+                         "ignore_error", "record_result", "name" }
+local REDIS_ONLY = check.set { "prefix", "probe_ttl_ms", "sync_ms", "fallback_ms", "local_opts" }
+local EVENTS = check.set { "state", "success", "error", "ignored_error", "not_permitted", "slow" }
+local WINDOWS = { count = 0, time = 1, consecutive = 2 }
 local NAMES = { [0] = "closed", "open", "half_open", "forced_open", "disabled" }
 local CODES = { closed = 0, open = 1, half_open = 2, forced_open = 3, disabled = 4 }
-local OPEN = 1
+local OPEN, HALF_OPEN = 1, 2
 local INT_MAX = 2147483647
 -- also the nominal period handed to C when a backoff sets each period
 local DEFAULT_OPEN_MS = 60000
@@ -59,6 +63,25 @@ local function drain(self)
   self.firing = false
 end
 
+-- With a state listener, the transitions that happen by themselves (OPEN
+-- -> HALF_OPEN at open_ms, HALF_OPEN -> OPEN at max_wait_half_open_ms)
+-- fire at their deadline from a timer, not at the next call. Unreferenced:
+-- a breaker waiting to half-open does not keep the process alive.
+local function arm(self)
+  local t = self.timer
+  if t then t:stop(); self.timer = nil end
+  local w = sched.world()
+  if not w or w.clock ~= self.clock then return end
+  local deadline = C.keel_breaker_deadline(self.p)
+  if deadline == math.huge then return end
+  local wait = deadline - w.clock.now_ms
+  if wait < 0 then wait = 0 end
+  self.timer = sched.after(wait, function()
+    self.timer = nil
+    self:state()
+  end):unref()
+end
+
 local function moved(self, to)
   local from = self.st
   self.st = to
@@ -66,6 +89,7 @@ local function moved(self, to)
     local ms = self.open_backoff:delay(C.keel_breaker_opens(self.p))
     C.keel_breaker_set_open_ms(self.p, ms)
   end
+  if (to == OPEN or to == HALF_OPEN or self.timer) and self.callbacks[1] then arm(self) end
   if from ~= to and self.callbacks[1] then
     local pending = self.pending
     local n = pending.n
@@ -83,7 +107,19 @@ function Breaker:allow()
   local st = rshift(r, 1)
   if st ~= self.st then moved(self, st) end
   if band(r, 1) == 1 then return true end
+  if self.ev then events.emit(self, self.label, "not_permitted") end
   return nil, "open"
+end
+
+local function record(self, ok, duration_ms, err)
+  local st = C.keel_breaker_record(self.p, ok and 1 or 0, duration_ms)
+  if self.ev then
+    local label = self.label
+    if ok then events.emit(self, label, "success", duration_ms)
+    else events.emit(self, label, "error", err, duration_ms) end
+    if duration_ms >= self.slow_ms then events.emit(self, label, "slow", duration_ms) end
+  end
+  if st ~= self.st then moved(self, st) end
 end
 
 function Breaker:record(ok, duration_ms)
@@ -92,8 +128,7 @@ function Breaker:record(ok, duration_ms)
   elseif type(duration_ms) ~= "number" or duration_ms ~= duration_ms then
     check.number("breaker:record", "argument 'duration_ms'", duration_ms)
   end
-  local st = C.keel_breaker_record(self.p, ok and 1 or 0, duration_ms)
-  if st ~= self.st then moved(self, st) end
+  record(self, ok, duration_ms, nil)
 end
 
 function Breaker:cancel()
@@ -101,18 +136,39 @@ function Breaker:cancel()
   C.keel_breaker_cancel(self.p)
 end
 
-local function finish(self, t0, ok, ...)
-  local err = ...
-  if not ok and err == sched.CANCELLED then
-    self:cancel()
+local function failed_error(self, err, duration_ms)
+  if err == sched.CANCELLED then
+    C.keel_breaker_cancel(self.p)
     error(err, 0)
   end
-  self:record(ok, sched.now() - t0)
-  if not ok then error(err, 0) end
+  local ignore = self.ignore_error
+  if ignore and ignore(err) then
+    C.keel_breaker_cancel(self.p)
+    if self.ev then events.emit(self, self.label, "ignored_error", err) end
+    error(err, 0)
+  end
+  local rec = self.record_error
+  -- an error the predicate does not record counts as a success (Resilience4j)
+  local is_failure = rec == nil or rec(err)
+  record(self, not is_failure, duration_ms, err)
+  error(err, 0)
+end
+
+local function finish(self, t0, ok, ...)
+  if not ok then return failed_error(self, (...), sched.now() - t0) end
+  local rr = self.record_result
+  if rr and rr(...) then
+    local _, err = ...
+    record(self, false, sched.now() - t0, err)
+  else
+    record(self, true, sched.now() - t0, nil)
+  end
   return ...
 end
 
--- fn's results; a raised error is recorded as a failure and re-raised;
+-- fn's results; a raised error is recorded (record_error / ignore_error
+-- decide how) and re-raised; a result record_result calls a failure
+-- (default: nil, <transport failure code>) is recorded and returned as is;
 -- nil, "open" when the breaker refuses the call.
 function Breaker:call(fn, ...)
   self_check("breaker:call", self)
@@ -143,12 +199,30 @@ function Breaker:force(state)
   return self
 end
 
+local function add_state_listener(self, fn)
+  local cbs = self.callbacks
+  cbs[#cbs + 1] = fn
+  -- a breaker already open gets its deadline timer now
+  if self.st == OPEN or self.st == HALF_OPEN then arm(self) end
+  return self
+end
+
 function Breaker:on_state(fn)
   self_check("breaker:on_state", self)
   check.func("breaker:on_state", "argument 'fn'", fn)
-  local cbs = self.callbacks
-  cbs[#cbs + 1] = fn
-  return self
+  return add_state_listener(self, fn)
+end
+
+-- b:on(event, fn): "state" (from, to) is on_state; "success"
+-- (duration_ms), "error" (err, duration_ms; err is nil when recorded by
+-- record()), "ignored_error" (err), "not_permitted" (), "slow" (duration_ms).
+function Breaker:on(event, fn)
+  self_check("breaker:on", self)
+  if event == "state" then
+    check.func("breaker:on", "argument 'fn'", fn)
+    return add_state_listener(self, fn)
+  end
+  return events.on(self, "breaker:on", EVENTS, event, fn)
 end
 
 function Breaker:stats()
@@ -215,8 +289,23 @@ end
 return function(opts)
   check.redis_only(FNAME, opts, REDIS_ONLY)
   opts = check.opts(FNAME, opts, OPTS)
-  local window = check.oneof(FNAME, "option 'window'", opts.window, "count", { "count", "time" })
-  local size = check.integer(FNAME, "option 'size'", opts.size, 100, 1, 1000000)
+  local spans = opts.window_ms ~= nil or opts.buckets ~= nil
+  local window = check.oneof(FNAME, "option 'window'", opts.window, spans and "time" or "count",
+    { "count", "time", "consecutive" })
+  local size, bucket_ms
+  if spans then
+    -- window_ms/buckets: a time window of any length, finer than a second
+    -- if need be (the Redis variant's spelling)
+    if window ~= "time" then
+      error(FNAME .. ": options 'window_ms'/'buckets' shape a time window: use window = \"time\" with them", 2)
+    end
+    if opts.size ~= nil then error(FNAME .. ": give either size (seconds) or window_ms/buckets, not both", 2) end
+    local window_ms = check.number(FNAME, "option 'window_ms'", opts.window_ms, 10000, 1, 1e12)
+    size = check.integer(FNAME, "option 'buckets'", opts.buckets, 10, 1, 1000000)
+    bucket_ms = window_ms / size
+  else
+    size = check.integer(FNAME, "option 'size'", opts.size, window == "consecutive" and 5 or 100, 1, 1000000)
+  end
   local min_calls = check.integer(FNAME, "option 'min_calls'", opts.min_calls, 100, 1, INT_MAX)
   local failure_rate = check.number(FNAME, "option 'failure_rate'", opts.failure_rate, 50, 0, 100)
   local slow_ms = check.number(FNAME, "option 'slow_ms'", opts.slow_ms, 60000, 0, math.huge)
@@ -226,16 +315,29 @@ return function(opts)
   if slow_rate == 0 then check.number(FNAME, "option 'slow_rate'", 0, nil, 1e-9, 100) end
   local open_ms, open_backoff = open_option(opts.open_ms)
   local half_open_calls = check.integer(FNAME, "option 'half_open_calls'", opts.half_open_calls, 10, 1, INT_MAX)
+  local max_half_open = check.number(FNAME, "option 'max_wait_half_open_ms'", opts.max_wait_half_open_ms, 0, 0,
+    1e12)
+  local record_error = check.func(FNAME, "option 'record_error'", opts.record_error, true)
+  local ignore_error = check.func(FNAME, "option 'ignore_error'", opts.ignore_error, true)
+  local record_result = outcome.failed_result
+  if opts.record_result == false then record_result = nil
+  elseif opts.record_result ~= nil then
+    record_result = check.func(FNAME, "option 'record_result'", opts.record_result)
+  end
   local name = opts.name ~= nil and check.string(FNAME, "option 'name'", opts.name) or nil
   local w = sched.world()
   if not w then error(FNAME .. ": no runtime world (is keel running?)", 2) end
-  local p = C.keel_breaker_new(w.clock, window == "time" and 1 or 0, size, min_calls, failure_rate,
+  local p = C.keel_breaker_new(w.clock, WINDOWS[window], size, min_calls, failure_rate,
                                slow_ms, slow_rate, open_ms or DEFAULT_OPEN_MS, half_open_calls)
   if p == nil then error(FNAME .. ": out of memory", 2) end
+  if bucket_ms then C.keel_breaker_set_bucket_ms(p, bucket_ms) end
+  C.keel_breaker_set_max_half_open_ms(p, max_half_open)
   local self = setmetatable({
     p = cmem.own(p, C.keel_breaker_free), clock = w.clock, st = 0, name = name,
     callbacks = {}, pending = { n = 0 }, firing = false, open_backoff = open_backoff,
-    sbuf = ffi.new("keel_breaker_stats_t"),
+    sbuf = ffi.new("keel_breaker_stats_t"), slow_ms = slow_ms, ev = nil, timer = nil,
+    record_error = record_error, ignore_error = ignore_error, record_result = record_result,
+    label = FNAME .. (name and ("(" .. name .. ")") or ""),
   }, Breaker)
   metrics.register("breaker", name, self)
   return self

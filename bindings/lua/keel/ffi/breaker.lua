@@ -20,6 +20,9 @@ int keel_breaker_state(keel_breaker_t *b);
 int keel_breaker_force(keel_breaker_t *b, int state);
 int keel_breaker_set_open_ms(keel_breaker_t *b, double ms);
 int32_t keel_breaker_opens(const keel_breaker_t *b);
+int keel_breaker_set_bucket_ms(keel_breaker_t *b, double ms);
+int keel_breaker_set_max_half_open_ms(keel_breaker_t *b, double ms);
+double keel_breaker_deadline(keel_breaker_t *b);
 void keel_breaker_stats(keel_breaker_t *b, keel_breaker_stats_t *out);
 ]]
 
