@@ -2,7 +2,6 @@
 local keel = require "keel"
 
 local function sim(fn) return keel.sim({ seed = 1 }, fn) end
-local NONE = { jitter = "none" }
 
 describe("keel.policy", function()
   it("a timeout cancels each attempt, the retry around it tries again, the breaker counts each attempt", function()

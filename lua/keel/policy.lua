@@ -39,7 +39,10 @@ local function part(opts, key, method, ctor)
   if type(v) ~= "table" then bad(key, "a keel." .. key .. " or a table of its options", v) end
   if type(v[method]) == "function" then return v end
   local ok, obj = pcall(ctor, v)
-  if not ok then error((tostring(obj):gsub("^[^\n]-:%d+: ", ""):gsub("^keel%.[%w_.]+", FNAME .. " (" .. key .. ")")), 3) end
+  if not ok then
+    local msg = tostring(obj):gsub("^[^\n]-:%d+: ", ""):gsub("^keel%.[%w_.]+", FNAME .. " (" .. key .. ")")
+    error(msg, 3)
+  end
   return obj
 end
 
@@ -175,7 +178,8 @@ return function(opts)
     Policy)
   if opts.timeout ~= nil then
     local ms = opts.timeout
-    if type(ms) ~= "number" or not (ms > 0) then bad("timeout", "a number > 0 (ms)", ms) end
+    -- written so that NaN fails too
+    if type(ms) ~= "number" or not (ms > 0) then bad("timeout", "a number > 0 (ms)", ms) end -- luacheck: ignore
     p.timeout = ms
   end
   if opts.hedge ~= nil then
