@@ -173,7 +173,7 @@ describe("retry outcomes and hooks", function()
         return "done"
       end, {
         backoff = { base_ms = 10, jitter = "none" },
-        delay = function(_, _, results) return results and results[4] or nil end,
+        delay = function(_, _, results) return results and results[3] or nil end,
         on_retry = function(err, attempt, delay) seen[#seen + 1] = { err, attempt, delay } end,
       })
       assert.equal("done", v)

@@ -97,39 +97,72 @@ local function give_up(self, err, attempt)
   if self.ev then events.emit(self, FNAME, "give_up", err, attempt) end
 end
 
--- with_attempt: keel.retry passes fn the attempt number; r:call passes the
--- caller's arguments.
-local function run(self, fname, fn, with_attempt, ...)
-  sched.need_task(fname, 4)
+-- Results of one attempt without a table when there are at most three
+-- (the common case): ok, n, r1, r2, r3, rest.
+local function capture(ok, ...)
+  local n = select("#", ...)
+  if n <= 3 then return ok, n, ... end
+  return ok, n, nil, nil, nil, { ... }
+end
+
+local function results(n, r1, r2, r3, rest)
+  if n == 1 then return r1 end
+  if n == 0 then return end
+  if n == 2 then return r1, r2 end
+  if n == 3 then return r1, r2, r3 end
+  return unpack(rest, 1, n)
+end
+
+-- The tries after a failed first one. args: the caller's arguments
+-- (packed), nil when fn takes the attempt number (keel.retry).
+local function again(self, fname, fn, args, ok, n, r1, r2, r3, rest)
   local budget, retry_on, retry_on_result = self.budget, self.retry_on, self.retry_on_result
-  if budget then budget:deposit() end
   local attempt, prev = 1, 0
   while true do
-    local r
-    if with_attempt then r = pack(pcall(fn, attempt)) else r = pack(pcall(fn, ...)) end
     local err
-    if r[1] then
-      if not (retry_on_result and retry_on_result(unpack(r, 2, r.n))) then return unpack(r, 2, r.n) end
-      err = r[3]
+    if ok then
+      if not (retry_on_result and retry_on_result(results(n, r1, r2, r3, rest))) then
+        return results(n, r1, r2, r3, rest)
+      end
+      err = r2
     else
-      err = r[2]
+      err = r1
       if err == sched.CANCELLED then error(err, 0) end
     end
     if (retry_on and not retry_on(err)) or attempt >= self.attempts then
       give_up(self, err, attempt)
-      if r[1] then return unpack(r, 2, r.n) end
+      if ok then return results(n, r1, r2, r3, rest) end
       error(err, 0)
     end
     if budget and not budget:withdraw() then
       give_up(self, err, attempt)
       return nil, "budget", err
     end
-    prev = next_delay(self, attempt, prev, err, r[1] and r or nil)
+    prev = next_delay(self, attempt, prev, err, ok and { n = n, results(n, r1, r2, r3, rest) } or nil)
     if self.on_retry then self.on_retry(err, attempt, prev) end
     if self.ev then events.emit(self, FNAME, "retry", err, attempt, prev) end
     sched.sleep(prev, fname)
     attempt = attempt + 1
+    if args then ok, n, r1, r2, r3, rest = capture(pcall(fn, unpack(args, 1, args.n)))
+    else ok, n, r1, r2, r3, rest = capture(pcall(fn, attempt)) end
   end
+end
+
+-- with_attempt: keel.retry passes fn the attempt number; r:call passes the
+-- caller's arguments. The first try returns a success straight away (no
+-- table, no loop: the JIT compiles it into the caller's trace); only a
+-- failure packs the arguments for the tries after it.
+local function run(self, fname, fn, with_attempt, ...)
+  sched.need_task(fname, 4)
+  if self.budget then self.budget:deposit() end
+  local ok, n, r1, r2, r3, rest
+  if with_attempt then ok, n, r1, r2, r3, rest = capture(pcall(fn, 1))
+  else ok, n, r1, r2, r3, rest = capture(pcall(fn, ...)) end
+  if ok then
+    local rr = self.retry_on_result
+    if not (rr and rr(results(n, r1, r2, r3, rest))) then return results(n, r1, r2, r3, rest) end
+  end
+  return again(self, fname, fn, not with_attempt and pack(...) or nil, ok, n, r1, r2, r3, rest)
 end
 
 function Retry:call(fn, ...)
