@@ -274,8 +274,18 @@ describe("keel.metrics", function()
         keel.queue { name = "mspec-conv" }, keel.dedup { name = "mspec-conv" }, keel.leases { name = "mspec-conv" },
         keel.registry { name = "mspec-conv" }, keel.retry_budget { name = "mspec-conv" },
       }
+      -- the Redis kinds' stats shapes (a stand-in: no server needed)
+      metrics.register("redis_breaker", "mspec-conv", fake { state = "half_open", fallback = false, redis_errors = 2,
+        probes = 1, calls = 3, fallback_allowed = 0 })
+      metrics.register("redis", "mspec-conv", fake { state = "ready", sent = 10, replies = 9, full = 0, pending = 1,
+        timeouts = 0 })
+      metrics.register("redis_queue", "mspec-conv", fake { pushed = 4, delayed = 1, buffered = 2, capacity = 100 })
       local text = keel.metrics("prometheus")
       assert.same({}, promlint(text))
+      assert.matches('keel_redis_breaker_state{name="mspec%-conv",state="half_open"} 1\n', text)
+      assert.matches('keel_redis_state{name="mspec%-conv",state="ready"} 1\n', text)
+      assert.matches('keel_redis_state{name="mspec%-conv",state="closed"} 0\n', text)
+      assert.matches('keel_redis_queue_delayed_total{name="mspec%-conv"} 1\n', text)
       local samples, labelsets, families = parse_text(text)
       -- open_until_ms (a raw clock value) becomes the time left, in seconds
       assert.is_nil(samples.keel_breaker_open_until_ms)

@@ -19,11 +19,12 @@ for _, f in ipairs {
   "popped", "pushed", "redriven", "binds", "expired_devices", "expired_gateways", "heartbeats", "moves", "unbinds",
   "retries", "probes", "redis_errors", "fallback_allowed", "sent", "replies", "error_replies", "conn_errors",
   "connects", "reconnects", "connect_failures", "errors", "adds", "checks", "trimmed", "ack_errors", "late_acks",
-  "superseded",
+  "superseded", "full", "dead", "reclaimed",
 } do COUNTERS[f] = true end
 
--- Counters whose name is also a gauge elsewhere: per kind.
-local KIND_GAUGES = { queue = { full = false }, redis = { full = true } }
+-- A field whose name means a count in one kind and a level in another:
+-- true is a counter, false a gauge, for that kind only.
+local KIND_GAUGES = { redis_queue = { delayed = true } }
 
 -- String fields with a known set of values: one 0/1 series per value.
 local BREAKER_STATES = { "closed", "open", "half_open", "forced_open", "disabled" }
