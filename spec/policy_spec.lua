@@ -147,3 +147,72 @@ describe("keel.policy", function()
     end)
   end)
 end)
+
+describe("keel.policy fused path (retry, local breaker, unkeyed bulkhead)", function()
+  it("keeps every result, trailing nils included", function()
+    sim(function()
+      local p = keel.policy { retry = {}, breaker = {}, bulkhead = { max = 2 } }
+      assert.equal(5, select("#", p:call(function() return 1, nil, 3, nil, nil end)))
+      assert.equal(0, select("#", p:call(function() end)))
+      assert.same({ 1, 2, 3, 4 }, { p:call(function(...) return ... end, 1, 2, 3, 4) })
+    end)
+  end)
+
+  it("a failed first attempt goes on through the layers: recorded, released, retried", function()
+    sim(function()
+      local br = keel.breaker { size = 10, min_calls = 10 }
+      local bh = keel.bulkhead { max = 1 }
+      local n = 0
+      local p = keel.policy { retry = { attempts = 3, backoff = { base_ms = 5, jitter = "none" } }, breaker = br,
+                              bulkhead = bh }
+      local t0 = keel.now()
+      assert.equal("ok", p:call(function()
+        n = n + 1
+        assert.equal(1, bh:stats().in_use) -- the attempt holds the permit
+        if n == 1 then error("first", 0) end
+        if n == 2 then return nil, "timeout" end
+        return "ok"
+      end))
+      assert.equal(15, keel.now() - t0)
+      assert.equal(0, bh:stats().in_use)
+      local s = br:stats()
+      assert.same({ 3, 2 }, { s.window_calls, s.window_failures })
+    end)
+  end)
+
+  it("without a retry: the error is raised and a failing result returned, both recorded", function()
+    sim(function()
+      local br = keel.breaker { size = 10, min_calls = 10 }
+      local bh = keel.bulkhead { max = 1 }
+      local p = keel.policy { breaker = br, bulkhead = bh }
+      assert.has_error(function() p:call(function() error("bad", 0) end) end, "bad")
+      assert.same({ nil, "conn: gone" }, { p:call(function() return nil, "conn: gone" end) })
+      assert.same({ nil, "not found" }, { p:call(function() return nil, "not found" end) })
+      local s = br:stats()
+      assert.same({ 3, 2 }, { s.window_calls, s.window_failures })
+      assert.equal(0, bh:stats().in_use)
+      -- a busy bulkhead goes the layered way: refused without a retry
+      local permit = bh:acquire()
+      assert.same({ nil, "full" }, { p:call(function() return "no" end) })
+      permit:release()
+      assert.equal("yes", p:call(function() return "yes" end))
+    end)
+  end)
+
+  it("an ignored error gives the half-open permit back; a cancelled call releases and propagates", function()
+    sim(function()
+      local br = keel.breaker { size = 10, min_calls = 10, ignore_error = function(e) return e == "skip" end }
+      local bh = keel.bulkhead { max = 1 }
+      local p = keel.policy { breaker = br, bulkhead = bh }
+      assert.has_error(function() p:call(function() error("skip", 0) end) end, "skip")
+      assert.equal(0, br:stats().window_calls)
+      local t = keel.spawn(function() return p:call(function() keel.sleep(1000) end) end)
+      keel.sleep(10)
+      assert.equal(1, bh:stats().in_use)
+      t:cancel()
+      assert.same({ false, "cancelled" }, { t:join() })
+      assert.equal(0, bh:stats().in_use)
+      assert.equal(0, br:stats().window_calls)
+    end)
+  end)
+end)

@@ -136,33 +136,41 @@ function Breaker:cancel()
   C.keel_breaker_cancel(self.p)
 end
 
-local function failed_error(self, err, duration_ms)
-  if err == sched.CANCELLED then
-    C.keel_breaker_cancel(self.p)
-    error(err, 0)
+-- Records the outcome of a call allow() admitted, as call() judges it,
+-- without raising: ok false with the error, or true with fn's results. A
+-- cancellation or an ignored error gives the permit back instead. Shared
+-- with keel.policy's fused path.
+local function settle(self, duration_ms, ok, ...)
+  if not ok then
+    local err = ...
+    if err == sched.CANCELLED then
+      C.keel_breaker_cancel(self.p)
+      return
+    end
+    local ignore = self.ignore_error
+    if ignore and ignore(err) then
+      C.keel_breaker_cancel(self.p)
+      if self.ev then events.emit(self, self.label, "ignored_error", err) end
+      return
+    end
+    local rec = self.record_error
+    -- an error the predicate does not record counts as a success (Resilience4j)
+    record(self, not (rec == nil or rec(err)), duration_ms, err)
+    return
   end
-  local ignore = self.ignore_error
-  if ignore and ignore(err) then
-    C.keel_breaker_cancel(self.p)
-    if self.ev then events.emit(self, self.label, "ignored_error", err) end
-    error(err, 0)
-  end
-  local rec = self.record_error
-  -- an error the predicate does not record counts as a success (Resilience4j)
-  local is_failure = rec == nil or rec(err)
-  record(self, not is_failure, duration_ms, err)
-  error(err, 0)
-end
-
-local function finish(self, t0, ok, ...)
-  if not ok then return failed_error(self, (...), sched.now() - t0) end
   local rr = self.record_result
   if rr and rr(...) then
     local _, err = ...
-    record(self, false, sched.now() - t0, err)
+    record(self, false, duration_ms, err)
   else
-    record(self, true, sched.now() - t0, nil)
+    record(self, true, duration_ms, nil)
   end
+end
+Breaker._settle = settle
+
+local function finish(self, t0, ok, ...)
+  settle(self, sched.now() - t0, ok, ...)
+  if not ok then error((...), 0) end
   return ...
 end
 

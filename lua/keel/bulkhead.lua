@@ -83,6 +83,17 @@ local function wait_arg(self, fname, wait_ms)
   return wait_ms
 end
 
+-- For keel.policy's fused path: takes a permit of an unkeyed bulkhead only
+-- when one is free and nobody waits (no side effect otherwise: the caller
+-- then goes the ordinary way); release it with _release().
+function Bulkhead:_take_free()
+  local p = self.p
+  if C.keel_bulkhead_in_use(p, 0) >= self.max or C.keel_bulkhead_waiting(p, 0) > 0 then return false end
+  return C.keel_bulkhead_acquire(p, 0, 0) == ACQUIRED
+end
+
+function Bulkhead:_release() free_slot(self, 0) end
+
 function Permit:release()
   if getmetatable(self) ~= Permit then check.self("permit:release", self, Permit) end
   if self.released then return false end

@@ -6,7 +6,7 @@
 -- predicate says otherwise.
 local outcome = {}
 
-local type, match = type, string.match
+local type, match, select, unpack = type, string.match, select, unpack
 
 -- The dependency did not answer: Keel's client codes ("conn: ...",
 -- "timeout: ...", "closed: ...") and the Redis error replies that mean the
@@ -36,6 +36,24 @@ end
 -- keel.retry's default retry_on_result: nil, <failure or refusal code>.
 function outcome.retryable_result(v, err)
   return v == nil and RETRYABLE[code(err)] == true
+end
+
+-- One call's results held without a table when there are at most three
+-- (the common case), so the JIT keeps them in registers:
+-- local ok, n, r1, r2, r3, rest = capture(pcall(fn, ...)).
+function outcome.capture(ok, ...)
+  local n = select("#", ...)
+  if n <= 3 then return ok, n, ... end
+  return ok, n, nil, nil, nil, { ... }
+end
+
+-- ... and given back as they were.
+function outcome.results(n, r1, r2, r3, rest)
+  if n == 1 then return r1 end
+  if n == 0 then return end
+  if n == 2 then return r1, r2 end
+  if n == 3 then return r1, r2, r3 end
+  return unpack(rest, 1, n)
 end
 
 return outcome

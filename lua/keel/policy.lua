@@ -22,6 +22,8 @@ local ORDER = { "fallback", "retry", "breaker", "ratelimit", "bulkhead", "hedge"
 local type, error, pcall, select, unpack, tostring, getmetatable =
   type, error, pcall, select, unpack, tostring, getmetatable
 local retryable_result = outcome.retryable_result
+local capture, results = outcome.capture, outcome.results
+local CLOSED = 0
 
 local Policy = {}
 Policy.__index = Policy
@@ -118,6 +120,48 @@ end
 
 local function call_fn(fn, ...) return fn(...) end
 
+-- The common pipeline (retry, a local breaker, an unkeyed local bulkhead;
+-- no timeout, hedge or rate limit) fused into one function with one pcall:
+-- when the breaker is closed and a permit is free, the first attempt runs
+-- here and a success returns at once; anything else (an open breaker, a
+-- busy bulkhead, a failed first attempt) goes on through the layers, so
+-- the semantics are the layers' own. Checks that decide the way have no
+-- side effects.
+local function fused(p, layered, below_retry)
+  local r, br, bh = p.retry, p.breaker, p.bulkhead
+  local settle = br and br._settle
+  local now, need_task = sched.now, sched.need_task
+  local again = r and r._again
+  local rr = r and r.retry_on_result
+  return function(fn, ...)
+    if br and br.st ~= CLOSED then return layered(fn, ...) end
+    if r then need_task("policy:call", 2) end
+    if bh and not bh:_take_free() then return layered(fn, ...) end
+    if r and r.budget then r.budget:deposit() end
+    if br then br:allow() end -- closed: always a permit
+    local t0 = br and now()
+    local ok, n, r1, r2, r3, rest = capture(pcall(fn, ...))
+    if bh then bh:_release() end
+    if br then settle(br, now() - t0, ok, results(n, r1, r2, r3, rest)) end
+    if ok then
+      if not (rr and rr(results(n, r1, r2, r3, rest))) then return results(n, r1, r2, r3, rest) end
+    elseif not r then
+      error(r1, 0)
+    end
+    if not r then return results(n, r1, r2, r3, rest) end
+    return again(r, "policy:call", below_retry, pack(fn, ...), ok, n, r1, r2, r3, rest)
+  end
+end
+
+local function can_fuse(p)
+  if p.timeout or p.hedge or p.ratelimit then return false end
+  if not (p.retry or p.breaker or p.bulkhead) then return false end
+  if p.retry and not p.retry._again then return false end
+  if p.breaker and not p.breaker._settle then return false end -- the Redis breaker
+  if p.bulkhead and not p.bulkhead._take_free then return false end
+  return true
+end
+
 -- Builds the layers innermost first; each is function(fn, ...).
 local function build(p)
   local step = call_fn
@@ -145,10 +189,12 @@ local function build(p)
     local inner, br = step, p.breaker
     step = function(fn, ...) return br:call(inner, fn, ...) end
   end
+  local below_retry = step
   if p.retry then
     local inner, r = step, p.retry
     step = function(fn, ...) return r:call(inner, fn, ...) end
   end
+  if can_fuse(p) then step = fused(p, step, below_retry) end
   if p.fallback then
     local inner, fb = step, p.fallback
     step = function(fn, ...) return with_fallback(fb, pcall(inner, fn, ...)) end

@@ -97,21 +97,7 @@ local function give_up(self, err, attempt)
   if self.ev then events.emit(self, FNAME, "give_up", err, attempt) end
 end
 
--- Results of one attempt without a table when there are at most three
--- (the common case): ok, n, r1, r2, r3, rest.
-local function capture(ok, ...)
-  local n = select("#", ...)
-  if n <= 3 then return ok, n, ... end
-  return ok, n, nil, nil, nil, { ... }
-end
-
-local function results(n, r1, r2, r3, rest)
-  if n == 1 then return r1 end
-  if n == 0 then return end
-  if n == 2 then return r1, r2 end
-  if n == 3 then return r1, r2, r3 end
-  return unpack(rest, 1, n)
-end
+local capture, results = outcome.capture, outcome.results
 
 -- The tries after a failed first one. args: the caller's arguments
 -- (packed), nil when fn takes the attempt number (keel.retry).
@@ -164,6 +150,9 @@ local function run(self, fname, fn, with_attempt, ...)
   end
   return again(self, fname, fn, not with_attempt and pack(...) or nil, ok, n, r1, r2, r3, rest)
 end
+
+-- For keel.policy's fused path: the tries after a first one it made itself.
+Retry._again = again
 
 function Retry:call(fn, ...)
   if getmetatable(self) ~= Retry then check.self("retry:call", self, Retry) end
