@@ -22,7 +22,7 @@ local EVENTS = check.set { "state", "success", "error", "ignored_error", "not_pe
 local WINDOWS = { count = 0, time = 1, consecutive = 2 }
 local NAMES = { [0] = "closed", "open", "half_open", "forced_open", "disabled" }
 local CODES = { closed = 0, open = 1, half_open = 2, forced_open = 3, disabled = 4 }
-local OPEN, HALF_OPEN = 1, 2
+local CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 local INT_MAX = 2147483647
 -- also the nominal period handed to C when a backoff sets each period
 local DEFAULT_OPEN_MS = 60000
@@ -112,8 +112,10 @@ function Breaker:allow()
 end
 
 local function record(self, ok, duration_ms, err)
+  local before = self.st
   local st = C.keel_breaker_record(self.p, ok and 1 or 0, duration_ms)
-  if self.ev then
+  -- only outcomes the breaker counted (closed, half_open) are events
+  if self.ev and (before == CLOSED or before == HALF_OPEN) then
     local label = self.label
     if ok then events.emit(self, label, "success", duration_ms)
     else events.emit(self, label, "error", err, duration_ms) end
