@@ -5,7 +5,7 @@ local root = debug.getinfo(1, "S").source:match("^@(.*)/bench/[^/]*$") or "."
 package.path = root .. "/bench/?.lua;" .. package.path
 
 local suites = { ... }
-if #suites == 0 then suites = { "core", "prims_a", "prims_b", "prims_c", "redis", "store" } end
+if #suites == 0 then suites = { "core", "prims_a", "prims_b", "prims_c", "policy", "redis", "store" } end
 
 local function fmt(v)
   if type(v) ~= "number" then return tostring(v) end

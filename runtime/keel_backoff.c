@@ -6,8 +6,10 @@ double keel_backoff_delay(keel_rand_t *rand, int jitter, double base_ms, double 
     if (!(attempt >= 1) || !(base_ms >= 0) || !(cap_ms >= base_ms) || !(factor >= 1)) return -1;
     if (prev_ms != prev_ms) return -1;
     if (jitter != KEEL_BACKOFF_NONE && !rand) return -1;
-    /* pow overflows to inf for large attempts, which the cap then clamps. */
-    double exp = base_ms * pow(factor, attempt - 1);
+    /* pow overflows to inf for large attempts, which the cap then clamps;
+     * a zero base must stay zero there (0 * inf is NaN, which would read as
+     * "over the cap"). */
+    double exp = base_ms > 0 ? base_ms * pow(factor, attempt - 1) : 0;
     if (!(exp <= cap_ms)) exp = cap_ms;
     switch (jitter) {
     case KEEL_BACKOFF_NONE:

@@ -19,7 +19,10 @@ enum {
     KEEL_BREAKER_FORCED_OPEN = 3,
     KEEL_BREAKER_DISABLED = 4
 };
-enum { KEEL_BREAKER_WINDOW_COUNT = 0, KEEL_BREAKER_WINDOW_TIME = 1 };
+/* COUNT: the last `size` calls; TIME: the last `size` buckets of bucket_ms
+ * (1000 unless set); CONSECUTIVE: opens after `size` failures (or slow
+ * calls) in a row, a success resets the run (min_calls does not apply). */
+enum { KEEL_BREAKER_WINDOW_COUNT = 0, KEEL_BREAKER_WINDOW_TIME = 1, KEEL_BREAKER_WINDOW_CONSECUTIVE = 2 };
 
 /* Largest window: 1e6 calls or 1e6 seconds (bounded memory). */
 #define KEEL_BREAKER_MAX_SIZE 1000000
@@ -28,7 +31,9 @@ typedef struct keel_breaker keel_breaker_t;
 
 typedef struct keel_breaker_stats {
     double state;
-    double window_calls;      /* calls currently in the window */
+    double window_calls;      /* the deciding sample: closed, the sliding window;
+                               * half_open, the probes recorded; open, the
+                               * sample that opened it (window or probes) */
     double window_failures;
     double window_slow;
     double half_open_permits; /* permits still to hand out in half_open */
@@ -40,11 +45,12 @@ typedef struct keel_breaker_stats {
     double rejected;
     double opened;            /* transitions into OPEN */
     double open_until_ms;     /* when OPEN ends (clock ms), 0 otherwise */
+    double probes_in_flight;  /* half_open permits out without an outcome */
 } keel_breaker_stats_t;
 
 /* Returns NULL when an argument is out of range (size/min_calls/half_open_calls
- * < 1, size > KEEL_BREAKER_MAX_SIZE, rates outside [0,100], negative times,
- * NaN) or out of memory. failure_rate and slow_rate are percentages: the
+ * < 1, size > KEEL_BREAKER_MAX_SIZE, rates outside (0,100], slow_ms or
+ * open_ms <= 0, NaN) or out of memory. failure_rate and slow_rate are percentages: the
  * breaker opens when a rate is >= its threshold once window_calls >= min_calls
  * (min_calls is capped at size for count windows). */
 keel_breaker_t *keel_breaker_new(keel_clock_t *clock, int window_kind, int32_t size,
@@ -72,9 +78,20 @@ int keel_breaker_force(keel_breaker_t *b, int state);
  * periods): the breaker stays OPEN until opened_at + ms. No-op unless OPEN.
  * Returns 0, or -1 when not OPEN or ms is negative/NaN. */
 int keel_breaker_set_open_ms(keel_breaker_t *b, double ms);
-/* Not const: a time window first drops the seconds that have passed. */
 /* Openings since the breaker last closed (1 during the first open period). */
 int32_t keel_breaker_opens(const keel_breaker_t *b);
+/* Time windows: the width of one bucket (default 1000 ms, so `size`
+ * seconds), for windows finer than a second. Resets the window. Returns 0,
+ * or -1 for a non-time window or ms outside (0, 1e12]. */
+int keel_breaker_set_bucket_ms(keel_breaker_t *b, double ms);
+/* The longest a HALF_OPEN round may wait for its probes' outcomes before it
+ * reopens, judged on those recorded (0, the default: no limit). Returns 0,
+ * or -1 for ms outside [0, 1e12]. */
+int keel_breaker_set_max_half_open_ms(keel_breaker_t *b, double ms);
+/* When the current state ends by itself (clock ms): OPEN's open_until,
+ * HALF_OPEN's deadline; +inf otherwise (or with no half-open limit). */
+double keel_breaker_deadline(keel_breaker_t *b);
+/* Not const: a time window first drops the buckets that have passed. */
 void keel_breaker_stats(keel_breaker_t *b, keel_breaker_stats_t *out);
 
 #endif

@@ -67,18 +67,24 @@ local function parse_sample(line)
 end
 
 -- Checks the whole text and returns { metric = { name = value text } } plus
--- the label sets: every sample's family has exactly one # TYPE line, right
--- before the family's samples.
+-- the label sets and the families' types: every sample's family has exactly
+-- one # HELP line followed by one # TYPE line, right before its samples.
 local function parse_text(text)
   assert.equal("\n", text:sub(-1))
   local families, samples, labelsets = {}, {}, {}
-  local current
+  local current, helped
   for line in text:gmatch("([^\n]*)\n") do
     local typed, kind = line:match("^# TYPE ([%a_:][%w_:]*) (%a+)$")
-    if typed then
-      assert.equal("gauge", kind)
+    local help_of, help = line:match("^# HELP ([%a_:][%w_:]*) (.+)$")
+    if help_of then
+      assert.is_nil(families[help_of], "# HELP after the family's # TYPE: " .. help_of)
+      assert.is_true(#help > 0)
+      helped = help_of
+    elseif typed then
+      assert.is_true(kind == "gauge" or kind == "counter", "type " .. kind)
+      assert.equal(typed, helped, "# TYPE without its # HELP line before it: " .. typed)
       assert.is_nil(families[typed], "second # TYPE line for " .. typed)
-      families[typed] = true
+      families[typed] = kind
       current = typed
     else
       local metric, labels, value = parse_sample(line)
@@ -91,7 +97,51 @@ local function parse_text(text)
       labelsets[metric][labels.name] = labels
     end
   end
-  return samples, labelsets
+  return samples, labelsets, families
+end
+
+-- The rules `promtool check metrics` applies (prometheus/client_golang's
+-- promlint), checked here because the Debian prometheus package (96 MB)
+-- is too heavy to install for promtool alone. Returns the problems found.
+local UNIT_ABBREVIATIONS = { "s", "ms", "us", "ns", "sec", "b", "kb", "mb", "gb", "tb", "pb", "m", "h", "d" }
+local UNITS = { "amperes", "bytes", "celsius", "grams", "joules", "kelvin", "meters", "metres", "seconds", "volts" }
+local UNIT_PREFIXES = { "pico", "nano", "micro", "milli", "centi", "deci", "deca", "hecto", "kilo", "kibi", "mega",
+                        "mibi", "giga", "gibi", "tera", "tebi", "peta", "pebi" }
+local function promlint(text)
+  local problems = {}
+  local function problem(m, msg) problems[#problems + 1] = m .. ": " .. msg end
+  local samples, labelsets, families = parse_text(text)
+  for m, kind in pairs(families) do
+    if m:find(":", 1, true) then problem(m, "reserved character ':'") end
+    if m:find("%u") then problem(m, "camelCase") end
+    local total = m:match("_total$")
+    if kind == "counter" and not total then problem(m, "counter metrics should have \"_total\" suffix") end
+    if kind ~= "counter" and total then problem(m, "non-counter metrics should not have \"_total\" suffix") end
+    if m:find("_" .. kind .. "_", 1, true) or m:match("_" .. kind .. "$") then
+      problem(m, "metric name should not include type '" .. kind .. "'")
+    end
+    for _, a in ipairs(UNIT_ABBREVIATIONS) do
+      if m:find("_" .. a .. "_", 1, true) or m:match("_" .. a .. "$") then
+        problem(m, "metric names should not contain abbreviated units (" .. a .. ")")
+      end
+    end
+    for _, u in ipairs(UNITS) do
+      for _, pre in ipairs(UNIT_PREFIXES) do
+        if m:find(pre .. u, 1, true) then
+          problem(m, "use base unit \"" .. u .. "\" instead of \"" .. pre .. u .. "\"")
+        end
+      end
+    end
+    if m:find("keel_counter_", 1, true) then problem(m, "family named after a metric type") end
+    for name, value in pairs(samples[m] or {}) do
+      if kind == "counter" and (tonumber(value) or 0) < 0 then problem(m, "negative counter for " .. name) end
+      for lname in pairs(labelsets[m][name]) do
+        if lname:find("%u") then problem(m, "camelCase label " .. lname) end
+      end
+    end
+  end
+  table.sort(problems)
+  return problems
 end
 
 describe("keel.metrics", function()
@@ -191,21 +241,80 @@ describe("keel.metrics", function()
     q:push(1)
     local text = keel.metrics("prometheus")
     assert.is_string(text)
-    local samples, labelsets = parse_text(text)
-    assert.equal("42", samples.keel_counter_value["mspec-prom"])
-    assert.equal("1", samples.keel_counter_shards["mspec-prom"])
+    -- (issue 11 changed the rendering: keel.counter is keel_count_*, counters
+    -- are typed counter with _total, a breaker state is one series per state)
+    local samples, labelsets, families = parse_text(text)
+    assert.equal("42", samples.keel_count_value["mspec-prom"])
+    assert.equal("1", samples.keel_count_shards["mspec-prom"])
     assert.equal("1", samples.keel_queue_ready["mspec-prom"])
     assert.equal("10000", samples.keel_queue_capacity["mspec-prom"])
-    -- a string stat is a label on a sample of value 1
-    assert.equal("1", samples.keel_breaker_state["mspec-prom"])
-    assert.same({ name = "mspec-prom", state = "forced_open" }, labelsets.keel_breaker_state["mspec-prom"])
     assert.matches('\nkeel_breaker_state{name="mspec%-prom",state="forced_open"} 1\n', text)
-    assert.matches("\n# TYPE keel_counter_value gauge\n", text, 1, true)
-    -- every field of every stats table is rendered
+    assert.matches('\nkeel_breaker_state{name="mspec%-prom",state="closed"} 0\n', text)
+    assert.matches("\n# TYPE keel_count_value gauge\n", text, 1, true)
+    assert.matches("\n# TYPE keel_queue_pushed_total counter\n", text, 1, true)
+    assert.equal("counter", families.keel_breaker_calls_total)
+    assert.is_table(labelsets.keel_breaker_state)
+    -- every field of every stats table is rendered, as a gauge or a _total counter
     for field in pairs(q:stats()) do
-      assert.is_string(samples["keel_queue_" .. field]["mspec-prom"], field)
+      assert.is_string((samples["keel_queue_" .. field] or samples["keel_queue_" .. field .. "_total"])["mspec-prom"],
+        field)
     end
     assert.not_nil(b)
+  end)
+
+  it("follows Prometheus conventions: HELP, TYPE, _total counters, seconds, one series per state "
+     .. "(promtool check metrics rules)", function()
+    keel.sim({ seed = 3 }, function()
+      local b = keel.breaker { name = "mspec-conv", size = 2, min_calls = 2, open_ms = 5000 }
+      b:record(false, 1); b:record(false, 1)
+      keel.sleep(1500)
+      local keep = {
+        b, keel.bulkhead { name = "mspec-conv" }, keel.bulkhead { name = "mspec-conv-k", keyed = true },
+        keel.ratelimit { name = "mspec-conv", rate = 5, per_ms = 250 }, keel.counter { name = "mspec-conv" },
+        keel.queue { name = "mspec-conv" }, keel.dedup { name = "mspec-conv" }, keel.leases { name = "mspec-conv" },
+        keel.registry { name = "mspec-conv" }, keel.retry_budget { name = "mspec-conv" },
+      }
+      -- the Redis kinds' stats shapes (a stand-in: no server needed)
+      metrics.register("redis_breaker", "mspec-conv", fake { state = "half_open", fallback = false, redis_errors = 2,
+        probes = 1, calls = 3, fallback_allowed = 0 })
+      metrics.register("redis", "mspec-conv", fake { state = "ready", sent = 10, replies = 9, full = 0, pending = 1,
+        timeouts = 0 })
+      metrics.register("redis_queue", "mspec-conv", fake { pushed = 4, delayed = 1, buffered = 2, capacity = 100 })
+      local text = keel.metrics("prometheus")
+      assert.same({}, promlint(text))
+      assert.matches('keel_redis_breaker_state{name="mspec%-conv",state="half_open"} 1\n', text)
+      assert.matches('keel_redis_state{name="mspec%-conv",state="ready"} 1\n', text)
+      assert.matches('keel_redis_state{name="mspec%-conv",state="closed"} 0\n', text)
+      assert.matches('keel_redis_queue_delayed_total{name="mspec%-conv"} 1\n', text)
+      local samples, labelsets, families = parse_text(text)
+      -- open_until_ms (a raw clock value) becomes the time left, in seconds
+      assert.is_nil(samples.keel_breaker_open_until_ms)
+      assert.equal("3.5", samples.keel_breaker_open_remaining_seconds["mspec-conv"])
+      assert.equal("0.25", samples.keel_ratelimit_period_seconds["mspec-conv"])
+      assert.equal("1", samples.keel_breaker_failure_ratio["mspec-conv"])
+      assert.equal("2", samples.keel_breaker_calls_total["mspec-conv"])
+      assert.equal("counter", families.keel_queue_pushed_total)
+      assert.equal("counter", families.keel_leases_grants_total)
+      -- one 0/1 series per breaker state, exactly one of them 1
+      local ones = 0
+      for line in text:gmatch('keel_breaker_state{name="mspec%-conv",state="[%a_]+"} (%d)\n') do
+        ones = ones + tonumber(line)
+      end
+      assert.equal(1, ones)
+      assert.matches('keel_breaker_state{name="mspec%-conv",state="open"} 1\n', text)
+      assert.is_table(labelsets)
+      -- the checker itself catches what the old rendering did
+      assert.same({
+        "keel_counter_value: family named after a metric type",
+        "keel_queue_pushed: counter metrics should have \"_total\" suffix",
+        "keel_x_open_until_ms: metric names should not contain abbreviated units (ms)",
+      }, promlint(table.concat({
+        "# HELP keel_counter_value v", "# TYPE keel_counter_value gauge", 'keel_counter_value{name="a"} 1',
+        "# HELP keel_queue_pushed p", "# TYPE keel_queue_pushed counter", 'keel_queue_pushed{name="a"} 1',
+        "# HELP keel_x_open_until_ms u", "# TYPE keel_x_open_until_ms gauge", 'keel_x_open_until_ms{name="a"} 5',
+      }, "\n") .. "\n"))
+      assert.equal(10, #keep)
+    end)
   end)
 
   it("escapes quotes, backslashes and newlines in label values", function()
@@ -213,9 +322,9 @@ describe("keel.metrics", function()
     local c = keel.counter { name = name }
     c:add(7)
     local text = keel.metrics("prometheus")
-    assert.matches('keel_counter_value{name="a \\"quoted\\"\\\\back\\nslash"} 7\n', text, 1, true)
+    assert.matches('keel_count_value{name="a \\"quoted\\"\\\\back\\nslash"} 7\n', text, 1, true)
     local samples = parse_text(text)
-    assert.equal("7", samples.keel_counter_value[name]) -- unescapes back to the name
+    assert.equal("7", samples.keel_count_value[name]) -- unescapes back to the name
     local h = metrics
     local obj = fake { phase = 'x"y\\z\nw' }
     h.register("mspec_fake", "esc", obj)

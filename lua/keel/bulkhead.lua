@@ -8,10 +8,13 @@ local check = require "keel.check"
 local sched = require "keel.sched"
 local metrics = require "keel.metrics"
 local cmem = require "keel.cmem"
+local events = require "keel.events"
 
 local FNAME = "keel.bulkhead"
 local OPTS = check.set { "max", "queue", "wait_ms", "keyed", "max_keys", "name" }
 local ACQUIRED, QUEUED = 1, 0
+local INT_MAX = 2147483647
+local EVENTS = check.set { "rejected" }
 local type, pcall, error, getmetatable, setmetatable = type, pcall, error, getmetatable, setmetatable
 
 local Bulkhead = {}
@@ -37,11 +40,16 @@ local function free_slot(self, slot)
 end
 
 -- true, or nil, code. Parks the task while queued.
+local function rejected(self, code)
+  if self.ev then events.emit(self, self.label, "rejected", code) end
+  return nil, code
+end
+
 local function enter(self, slot, wait_ms, fname)
   local p = self.p
   local r = C.keel_bulkhead_acquire(p, slot, wait_ms == 0 and 0 or 1)
   if r == ACQUIRED then return true end
-  if r ~= QUEUED then return nil, "full" end
+  if r ~= QUEUED then return rejected(self, "full") end
   if not sched.current() then
     C.keel_bulkhead_unwait(p, slot)
     sched.need_task(fname, 3)
@@ -56,14 +64,14 @@ local function enter(self, slot, wait_ms, fname)
   C.keel_bulkhead_unwait(p, slot)
   if not ok then error(got, 0) end
   self.timeouts = self.timeouts + 1
-  return nil, "timeout"
+  return rejected(self, "timeout")
 end
 
 local function slot_of(self, key, fname)
   if type(key) ~= "string" then key = check.key(fname, "argument 'key'", key) end
   local slot = C.keel_bulkhead_slot(self.p, key, #key)
   if slot >= 0 then return slot end
-  if slot == -1 then return nil, "full" end
+  if slot == -1 then return rejected(self, "full") end
   if slot == -2 then error(fname .. ": argument 'key' must be at most 65535 bytes (got " .. #key .. ")", 3) end
   error(fname .. ": out of memory", 3)
 end
@@ -74,6 +82,17 @@ local function wait_arg(self, fname, wait_ms)
   if wait_ms == math.huge then return nil end
   return wait_ms
 end
+
+-- For keel.policy's fused path: takes a permit of an unkeyed bulkhead only
+-- when one is free and nobody waits (no side effect otherwise: the caller
+-- then goes the ordinary way); release it with _release().
+function Bulkhead:_take_free()
+  local p = self.p
+  if C.keel_bulkhead_in_use(p, 0) >= self.max or C.keel_bulkhead_waiting(p, 0) > 0 then return false end
+  return C.keel_bulkhead_acquire(p, 0, 0) == ACQUIRED
+end
+
+function Bulkhead:_release() free_slot(self, 0) end
 
 function Permit:release()
   if getmetatable(self) ~= Permit then check.self("permit:release", self, Permit) end
@@ -155,6 +174,15 @@ function Keyed:acquire(key, wait_ms)
   return new_permit(self, slot)
 end
 
+-- bh:on("rejected", fn(code)): a caller turned away, code "full" (no
+-- permit and no room to wait) or "timeout" (waited wait_ms).
+function Bulkhead:on(event, fn)
+  if getmetatable(self) ~= Bulkhead and getmetatable(self) ~= Keyed then
+    check.self("bulkhead:on", self, Bulkhead)
+  end
+  return events.on(self, "bulkhead:on", EVENTS, event, fn)
+end
+
 function Bulkhead:stats()
   if getmetatable(self) ~= Bulkhead and getmetatable(self) ~= Keyed then
     check.self("bulkhead:stats", self, Bulkhead)
@@ -169,13 +197,20 @@ end
 
 return function(opts)
   opts = check.opts(FNAME, opts, OPTS)
-  local max = check.integer(FNAME, "option 'max'", opts.max, 10, 1, 2147483647)
-  local queue = check.integer(FNAME, "option 'queue'", opts.queue, 0, 0, 2147483647)
+  local max = check.integer(FNAME, "option 'max'", opts.max, 10, 1, INT_MAX)
   local wait_ms = opts.wait_ms
   if type(wait_ms) ~= "nil" then
     check.number(FNAME, "option 'wait_ms'", wait_ms, nil, 0)
-    if wait_ms == math.huge then wait_ms = nil end
   end
+  -- wait_ms > 0 alone makes callers wait, as Resilience4j's maxWaitDuration
+  -- does: the queue is then unbounded (every waiter leaves by wait_ms).
+  local waits = wait_ms ~= nil and wait_ms > 0
+  local queue = check.integer(FNAME, "option 'queue'", opts.queue, waits and INT_MAX or 0, 0, INT_MAX)
+  if waits and queue == 0 then
+    error(FNAME .. ": option 'wait_ms' needs a queue (queue = 0 refuses every waiter; omit queue or set it > 0)",
+      2)
+  end
+  if wait_ms == math.huge then wait_ms = nil end
   local keyed = check.boolean(FNAME, "option 'keyed'", opts.keyed, false)
   local max_keys = 0
   if keyed then
@@ -191,7 +226,7 @@ return function(opts)
   local self = setmetatable({
     p = cmem.own(p, C.keel_bulkhead_free), max = max, queue = queue, wait_ms = wait_ms, keyed = keyed,
     max_keys = keyed and max_keys or nil, queues = {}, timeouts = 0, name = name,
-    sbuf = ffi.new("keel_bulkhead_stats_t"),
+    sbuf = ffi.new("keel_bulkhead_stats_t"), ev = nil, label = FNAME .. (name and ("(" .. name .. ")") or ""),
   }, keyed and Keyed or Bulkhead)
   metrics.register("bulkhead", name, self)
   return self

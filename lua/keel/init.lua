@@ -13,7 +13,7 @@ local keel = { version = "0.1.0" }
 local lazy = {
   counter = "keel.counter", leases = "keel.leases", queue = "keel.queue",
   breaker = "keel.breaker", bulkhead = "keel.bulkhead", ratelimit = "keel.ratelimit",
-  backoff = "keel.backoff", retry = "keel.retry", retry_budget = "keel.retry_budget",
+  backoff = "keel.backoff", retry = "keel.retry", retry_budget = "keel.retry_budget", policy = "keel.policy",
   dedup = "keel.dedup", registry = "keel.registry", redis = "keel.redis",
   store = "keel.store", json = "keel.json", outbox = "keel.outbox", idempotent = "keel.idempotent",
 }

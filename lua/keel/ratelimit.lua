@@ -8,10 +8,12 @@ local check = require "keel.check"
 local sched = require "keel.sched"
 local metrics = require "keel.metrics"
 local cmem = require "keel.cmem"
+local events = require "keel.events"
 
 local FNAME = "keel.ratelimit"
 local OPTS = check.set { "rate", "per_ms", "burst", "keyed", "max_keys", "name" }
 local REDIS_ONLY = check.set { "prefix" }
+local EVENTS = check.set { "limited" }
 local NEVER, TOO_LONG = -2, -1
 local huge = math.huge
 local type, pcall, error, getmetatable, tostring = type, pcall, error, getmetatable, tostring
@@ -45,6 +47,7 @@ function Limiter:take(n)
   if n ~= 1 then n = units("ratelimit:take", n) end
   local r = C.keel_ratelimit_take(self.p, n)
   if r == 0 then return true end
+  if self.ev then events.emit(self, self.label, "limited", r, nil) end
   return nil, "limited", r
 end
 
@@ -59,8 +62,11 @@ local function wait(self, fname, key, n, timeout)
   local w
   if key then w = C.keel_ratelimit_reserve_key(p, key, #key, n, timeout or huge)
   else w = C.keel_ratelimit_reserve(p, n, timeout or huge) end
-  if w == NEVER then return nil, "limited" end
-  if w == TOO_LONG then return nil, "timeout" end
+  if w == NEVER or w == TOO_LONG then
+    if self.ev then events.emit(self, self.label, "limited", w == NEVER and huge or nil, key) end
+    if w == NEVER then return nil, "limited" end
+    return nil, "timeout"
+  end
   if w > 0 then
     local ok, err = pcall(sched.sleep, w, fname)
     if not ok then
@@ -90,6 +96,7 @@ function Keyed:take(key, n)
   local r = C.keel_ratelimit_take_key(self.p, key, #key, n)
   if r == 0 then return true end
   if r ~= r then error("ratelimit:take: argument 'key' must be at most 65535 bytes (got " .. #key .. ")", 2) end
+  if self.ev then events.emit(self, self.label, "limited", r, key) end
   return nil, "limited", r
 end
 
@@ -119,6 +126,15 @@ local function stats(self)
 end
 
 function Limiter:stats() check.self("ratelimit:stats", self, Limiter); return stats(self) end
+
+-- rl:on("limited", fn(retry_after_ms, key)): a take() refused, or a wait()
+-- that would exceed its timeout (retry_after_ms nil) or can never be served
+-- (math.huge). key is nil for an unkeyed limiter.
+local function on(self, event, fn)
+  return events.on(self, "ratelimit:on", EVENTS, event, fn)
+end
+function Limiter:on(event, fn) check.self("ratelimit:on", self, Limiter); return on(self, event, fn) end
+function Keyed:on(event, fn) check.self("ratelimit:on", self, Keyed); return on(self, event, fn) end
 function Keyed:stats() check.self("ratelimit:stats", self, Keyed); return stats(self) end
 
 return function(opts)
@@ -143,6 +159,7 @@ return function(opts)
   local self = setmetatable({
     p = cmem.own(p, C.keel_ratelimit_free), clock = w.clock, keyed = keyed, name = name,
     rate = rate, per_ms = per_ms, burst = burst, sbuf = ffi.new("keel_ratelimit_stats_t"),
+    ev = nil, label = FNAME .. (name and ("(" .. name .. ")") or ""),
   }, keyed and Keyed or Limiter)
   metrics.register("ratelimit", name, self)
   return self

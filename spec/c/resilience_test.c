@@ -27,7 +27,9 @@ static void breaker_count(void) {
     CHECK(!keel_breaker_new(&clock, 0, 0, 1, 50, 100, 100, 1000, 1));
     CHECK(!keel_breaker_new(&clock, 0, 4, 1, 0, 100, 100, 1000, 1));
     CHECK(!keel_breaker_new(&clock, 0, 4, 1, NAN, 100, 100, 1000, 1));
-    CHECK(!keel_breaker_new(&clock, 2, 4, 1, 50, 100, 100, 1000, 1));
+    CHECK(!keel_breaker_new(&clock, 3, 4, 1, 50, 100, 100, 1000, 1)); /* 2 is CONSECUTIVE now */
+    CHECK(!keel_breaker_new(&clock, 0, 4, 1, 50, 0, 100, 1000, 1)); /* slow_ms = 0 */
+    CHECK(!keel_breaker_new(&clock, 0, 4, 1, 50, 100, 100, 0, 1)); /* open_ms = 0 */
     keel_breaker_t *b = keel_breaker_new(&clock, KEEL_BREAKER_WINDOW_COUNT, 4, 4, 50, 100, 100, 1000, 2);
     CHECK(b);
     /* 3 failures in 3 calls: below min_calls, stays closed */
@@ -110,6 +112,46 @@ static void breaker_time(void) {
     clock.now_ms = 1e9; /* a jump longer than the window clears it at once */
     keel_breaker_stats(b, &s);
     CHECK(s.window_calls == 0);
+    keel_breaker_free(b);
+}
+
+/* sub-second buckets, the consecutive mode and the half-open deadline */
+static void breaker_modes(void) {
+    keel_clock_t clock;
+    keel_clock_init(&clock, 1, 0);
+    keel_breaker_stats_t s;
+    keel_breaker_t *b = keel_breaker_new(&clock, KEEL_BREAKER_WINDOW_TIME, 5, 10, 50, 1e9, 100, 100, 1);
+    CHECK(b && keel_breaker_set_bucket_ms(b, 100) == 0);
+    CHECK(keel_breaker_set_bucket_ms(b, 0) == -1 && keel_breaker_set_bucket_ms(b, NAN) == -1);
+    keel_breaker_record(b, 0, 1);
+    clock.now_ms = 499;
+    keel_breaker_record(b, 0, 1);
+    keel_breaker_stats(b, &s);
+    CHECK(s.window_calls == 2);
+    clock.now_ms = 500; /* bucket 0 (0..99 ms) falls out */
+    keel_breaker_stats(b, &s);
+    CHECK(s.window_calls == 1);
+    keel_breaker_free(b);
+
+    b = keel_breaker_new(&clock, KEEL_BREAKER_WINDOW_CONSECUTIVE, 2, 100, 50, 1e9, 100, 100, 2);
+    CHECK(b && keel_breaker_set_bucket_ms(b, 100) == -1);
+    CHECK(keel_breaker_record(b, 0, 1) == KEEL_BREAKER_CLOSED);
+    CHECK(keel_breaker_record(b, 1, 1) == KEEL_BREAKER_CLOSED);
+    CHECK(keel_breaker_record(b, 0, 1) == KEEL_BREAKER_CLOSED);
+    CHECK(keel_breaker_record(b, 0, 1) == KEEL_BREAKER_OPEN);
+    CHECK(keel_breaker_set_max_half_open_ms(b, -1) == -1);
+    CHECK(keel_breaker_set_max_half_open_ms(b, 300) == 0);
+    CHECK(keel_breaker_deadline(b) == clock.now_ms + 100);
+    clock.now_ms += 100;
+    CHECK((keel_breaker_allow(b) >> 1) == KEEL_BREAKER_HALF_OPEN);
+    CHECK(keel_breaker_deadline(b) == clock.now_ms + 300);
+    keel_breaker_stats(b, &s);
+    CHECK(s.probes_in_flight == 1 && s.half_open_permits == 1);
+    clock.now_ms += 300; /* the probe never reported */
+    CHECK(keel_breaker_state(b) == KEEL_BREAKER_OPEN);
+    keel_breaker_stats(b, &s);
+    CHECK(s.window_calls == 0 && s.probes_in_flight == 0);
+    CHECK(keel_breaker_record(b, 1, 1) == KEEL_BREAKER_OPEN); /* the late outcome is ignored */
     keel_breaker_free(b);
 }
 
@@ -222,6 +264,8 @@ static void backoff(void) {
     CHECK(keel_backoff_delay(NULL, KEEL_BACKOFF_NONE, 100, 1000, 2, 4, 0) == 800);
     CHECK(keel_backoff_delay(NULL, KEEL_BACKOFF_NONE, 100, 1000, 2, 5, 0) == 1000);
     CHECK(keel_backoff_delay(NULL, KEEL_BACKOFF_NONE, 100, 1000, 2, 1e9, 0) == 1000);
+    CHECK(keel_backoff_delay(NULL, KEEL_BACKOFF_NONE, 0, 30000, 2, 1025, 0) == 0); /* 0 * inf */
+    CHECK(keel_backoff_delay(&r, KEEL_BACKOFF_EQUAL, 0, 30000, 2, 1025, 0) == 0);
     CHECK(keel_backoff_delay(NULL, KEEL_BACKOFF_FULL, 100, 1000, 2, 1, 0) == -1);
     CHECK(keel_backoff_delay(&r, 9, 100, 1000, 2, 1, 0) == -1);
     CHECK(keel_backoff_delay(&r, KEEL_BACKOFF_FULL, 100, 50, 2, 1, 0) == -1);
@@ -243,6 +287,7 @@ static void backoff(void) {
 int main(void) {
     breaker_count();
     breaker_time();
+    breaker_modes();
     ratelimit();
     bulkhead();
     backoff();

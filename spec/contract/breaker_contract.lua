@@ -209,6 +209,30 @@ return function(B)
     end)
   end)
 
+  it("counts nil, <transport failure> as a failure; record_error, ignore_error and events as keel.breaker", function()
+    B.run(function()
+      local b = new { size = 4, min_calls = 4, failure_rate = 50, open_ms = 60000 }
+      local events = {}
+      b:on("error", function(err) events[#events + 1] = tostring(err) end)
+      b:on("success", function() events[#events + 1] = "ok" end)
+      b:call(function() return nil, "not found" end)
+      b:call(function() return "v" end)
+      b:call(function() return nil, "timeout: no reply before the deadline" end)
+      assert.equal("closed", b:state())
+      b:call(function() return nil, "conn: connection lost" end)
+      assert.equal("open", b:state())
+      assert.same({ "ok", "ok", "timeout: no reply before the deadline", "conn: connection lost" }, events)
+      local c = new { size = 2, min_calls = 2, failure_rate = 50, record_error = function(e) return e ~= "benign" end,
+                      ignore_error = function(e) return e == "skip" end }
+      for _ = 1, 3 do
+        pcall(c.call, c, function() error("benign", 0) end)
+        pcall(c.call, c, function() error("skip", 0) end)
+      end
+      assert.equal("closed", c:state())
+      raises(function() b:on("nope", print) end, "breaker:on", "argument 'event'")
+    end)
+  end)
+
   it("rejects bad options naming the option", function()
     B.run(function()
       raises(function() new { window = "hour" } end, "breaker", "option 'window'")
@@ -219,6 +243,10 @@ return function(B)
       raises(function() new { slow_rate = 0 } end, "breaker", "option 'slow_rate'")
       raises(function() new { slow_ms = -1 } end, "breaker", "option 'slow_ms'")
       raises(function() new { open_ms = -1 } end, "breaker", "option 'open_ms'")
+      -- Resilience4j CircuitBreakerConfigTest.zeroSlowCallDurationThresholdShouldFail / zeroWaitIntervalShouldFail
+      raises(function() new { slow_ms = 0 } end, "breaker", "option 'slow_ms'", "> 0")
+      raises(function() new { open_ms = 0 } end, "breaker", "option 'open_ms'", "(0,")
+      raises(function() new { open_ms = { 0 } } end, "breaker", "option 'open_ms.base_ms'")
       raises(function() new { half_open_calls = 0 } end, "breaker", "option 'half_open_calls'")
       raises(function() new { name = 5 } end, "breaker", "option 'name'")
       raises(function() new { rate = 5 } end, "breaker", "unknown option 'rate'")

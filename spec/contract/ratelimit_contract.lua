@@ -33,6 +33,20 @@ return function(B)
     end)
   end)
 
+  it("on('limited', fn): refused takes and waits, with the retry-after and the key", function()
+    B.run(function()
+      local rl = new { rate = 1, per_ms = 60000, burst = 1, keyed = true }
+      local seen = {}
+      rl:on("limited", function(after, key) seen[#seen + 1] = { after ~= nil and after > 0, key } end)
+      assert.is_true(rl:take("k"))
+      assert.is_nil(rl:take("k"))
+      assert.same({ nil, "timeout" }, { rl:wait("k", 1, 0) })
+      assert.same({ nil, "limited" }, { rl:wait("k", 2) })
+      assert.same({ { true, "k" }, { false, "k" }, { true, "k" } }, seen)
+      raises(function() rl:on("full", print) end, "ratelimit:on", "argument 'event'")
+    end)
+  end)
+
   it("keyed = true: each key has its own budget", function()
     B.run(function()
       local o = { rate = 1, per_ms = 60000, burst = 2, keyed = true }

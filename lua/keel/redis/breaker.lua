@@ -24,6 +24,8 @@ local metrics = require "keel.metrics"
 local sched = require "keel.sched"
 local redis = require "keel.redis"
 local common = require "keel.redis.common"
+local events = require "keel.events"
+local outcome = require "keel.outcome"
 
 local type, error, tostring, pcall, xpcall = type, error, tostring, pcall, xpcall
 local traceback = debug.traceback
@@ -199,7 +201,8 @@ Breaker.__index = Breaker
 
 local OPTS = check.set { "redis", "name", "prefix", "window", "size", "window_ms", "buckets", "min_calls",
   "failure_rate", "slow_ms", "slow_rate", "open_ms", "half_open_calls", "probe_ttl_ms", "sync_ms", "fallback_ms",
-  "local_opts" }
+  "local_opts", "record_error", "ignore_error", "record_result", "max_wait_half_open_ms" }
+local EVENTS = check.set { "state", "success", "error", "ignored_error", "not_permitted", "slow" }
 
 local M = {}
 
@@ -240,8 +243,8 @@ local function open_option(F, v)
   if v == nil then v = 60000 end
   local base, cap, factor
   if type(v) == "number" then
-    if v ~= v or v < 0 or v > 1e12 then
-      error(string.format("%s: option 'open_ms' must be a number in [0, 1e12] (got %s)", F, tostring(v)), 3)
+    if v ~= v or v <= 0 or v > 1e12 then
+      error(string.format("%s: option 'open_ms' must be a number in (0, 1e12] (got %s)", F, tostring(v)), 3)
     end
     base, cap, factor = v, v, 1
   elseif type(v) == "table" and type(v.delay) == "function" then
@@ -252,8 +255,8 @@ local function open_option(F, v)
     base, cap, factor = v.base_ms, v.cap_ms, v.factor
   elseif type(v) == "table" then
     base, cap, factor = v.base_ms or v[1], v.cap_ms or v[2], v.factor or v[3]
-    if type(base) ~= "number" or base ~= base or base < 0 or base > 1e12 then
-      error(string.format("%s: option 'open_ms.base_ms' must be a number in [0, 1e12] (got %s)", F,
+    if type(base) ~= "number" or base ~= base or base <= 0 or base > 1e12 then
+      error(string.format("%s: option 'open_ms.base_ms' must be a number in (0, 1e12] (got %s)", F,
         tostring(base)), 3)
     end
     if cap == nil then cap = math.max(base, 60000) end
@@ -267,7 +270,7 @@ local function open_option(F, v)
         tostring(factor)), 3)
     end
   else
-    error(string.format("%s: option 'open_ms' must be a number >= 0, a keel.backoff or {base_ms, cap_ms, factor} "
+    error(string.format("%s: option 'open_ms' must be a number > 0, a keel.backoff or {base_ms, cap_ms, factor} "
       .. "(got %s)", F, tostring(v)), 3)
   end
   return string.format("%.17g,%.17g,%.17g", base, cap, factor), v
@@ -276,11 +279,27 @@ end
 function M.new(opts)
   local F = "keel.redis.breaker"
   opts = check.opts(F, opts, OPTS)
+  -- what the fleet's scripts cannot keep, refused with the way to say it
+  if opts.window == "consecutive" then
+    error(F .. ": option 'window' cannot be \"consecutive\" on Redis (the fleet shares one window): use "
+      .. "window = \"count\" with size = N, min_calls = N, failure_rate = 100", 2)
+  end
+  if opts.max_wait_half_open_ms ~= nil then
+    error(F .. ": option 'max_wait_half_open_ms' is not supported on Redis: use probe_ttl_ms (a probe whose "
+      .. "outcome never arrives frees its permit after it)", 2)
+  end
   local window, size, window_ms, buckets = window_option(F, opts)
   local slow_rate = check.number(F, "option 'slow_rate'", opts.slow_rate, 100, 0, 100)
   if slow_rate == 0 then check.number(F, "option 'slow_rate'", 0, nil, 1e-9, 100) end
   local half_open_calls = check.integer(F, "option 'half_open_calls'", opts.half_open_calls, 10, 1, 2 ^ 31 - 1)
   local open_spec, open_ms = open_option(F, opts.open_ms)
+  local record_result = outcome.failed_result
+  if opts.record_result == false then record_result = nil
+  elseif opts.record_result ~= nil then
+    record_result = check.func(F, "option 'record_result'", opts.record_result)
+  end
+  -- slow_ms = 0 would make every call slow (rejected as keel.breaker does)
+  if opts.slow_ms == 0 then error(F .. ": option 'slow_ms' must be a number > 0 (got 0)", 2) end
   local prefix = common.prefix(F, opts, "breaker")
   local base = "{" .. prefix .. "}"
   local self = setmetatable({
@@ -302,7 +321,11 @@ function M.new(opts)
     st = 0, fresh_until = -math.huge, refreshing = false,
     pc = 0, pf = 0, ps = 0, pend = {}, np = 0, flusher = nil,
     probes_out = 0, fallback_until = -math.huge, last_error = nil,
-    callbacks = {},
+    callbacks = {}, ev = nil, recording_err = nil,
+    label = F .. (opts.name and ("(" .. tostring(opts.name) .. ")") or ""),
+    record_error = check.func(F, "option 'record_error'", opts.record_error, true),
+    ignore_error = check.func(F, "option 'ignore_error'", opts.ignore_error, true),
+    record_result = record_result,
     s = { allowed = 0, rejected = 0, calls = 0, failures = 0, slow = 0, probes = 0, opened = 0, redis_errors = 0,
           fallback_allowed = 0 },
   }, Breaker)
@@ -414,6 +437,7 @@ function Breaker:allow()
     end
   end
   self.s.rejected = self.s.rejected + 1
+  if self.ev then events.emit(self, self.label, "not_permitted") end
   return nil, "open"
 end
 
@@ -426,6 +450,11 @@ function Breaker:record(ok, duration_ms, permit)
   self.s.calls = self.s.calls + 1
   if not ok then self.s.failures = self.s.failures + 1 end
   if slow then self.s.slow = self.s.slow + 1 end
+  if self.ev then
+    if ok then events.emit(self, self.label, "success", duration_ms or 0)
+    else events.emit(self, self.label, "error", self.recording_err, duration_ms or 0) end
+    if slow then events.emit(self, self.label, "slow", duration_ms) end
+  end
   if permit == "fallback" then
     self.fallback:record(ok, duration_ms)
     return
@@ -462,8 +491,23 @@ function Breaker:call(fn, ...)
       if permit == "probe" or permit == "fallback" then pcall(self.cancel, self, permit) end
       error(err, 0)
     end
-    self:record(success, sched.now() - t0, permit)
-    if not success then error(err, 0) end
+    -- the same outcome rules as keel.breaker:call
+    local raised, good = not success, success
+    if raised then
+      if self.ignore_error and self.ignore_error(err) then
+        if permit == "probe" or permit == "fallback" then self:cancel(permit) end
+        if self.ev then events.emit(self, self.label, "ignored_error", err) end
+        error(err, 0)
+      end
+      if self.record_error and not self.record_error(err) then good = true end
+    elseif self.record_result and self.record_result(...) then
+      good = false
+      err = select(2, ...)
+    end
+    self.recording_err = not good and err or nil
+    self:record(good, sched.now() - t0, permit)
+    self.recording_err = nil
+    if raised then error(err, 0) end
     return ...
   end
   return finish(pcall(fn, ...))
@@ -526,6 +570,18 @@ function Breaker:on_state(fn)
   check.func("breaker:on_state", "argument 'fn'", fn)
   self.callbacks[#self.callbacks + 1] = fn
   return self
+end
+
+-- on(event, fn): the events of keel.breaker (doc/breaker.md); "state" is
+-- on_state.
+function Breaker:on(event, fn)
+  self_check("breaker:on", self)
+  if event == "state" then
+    check.func("breaker:on", "argument 'fn'", fn)
+    self.callbacks[#self.callbacks + 1] = fn
+    return self
+  end
+  return events.on(self, "breaker:on", EVENTS, event, fn)
 end
 
 function Breaker:stats()

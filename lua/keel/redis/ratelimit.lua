@@ -12,8 +12,10 @@ local sched = require "keel.sched"
 local keyarg = require "keel.keyarg"
 local redis = require "keel.redis"
 local common = require "keel.redis.common"
+local events = require "keel.events"
 
 local huge, type = math.huge, type
+local EVENTS = check.set { "limited" }
 
 -- ARGV: interval_ms (per unit), burst, n -> {0} allowed | {1, retry_after_ms} | {2} never
 local TAKE = redis.script [[
@@ -70,8 +72,9 @@ function M.new(opts)
     keyed = keyed,
     name = opts.name ~= nil and check.string(F, "option 'name'", opts.name) or nil,
     prefix = common.prefix(F, opts, "ratelimit"),
-    st = { allowed = 0, limited = 0, errors = 0 },
+    st = { allowed = 0, limited = 0, errors = 0 }, ev = nil,
   }, Limiter)
+  self.label = F .. (self.name and ("(" .. self.name .. ")") or "")
   metrics.register("redis_ratelimit", self.name, self)
   return self
 end
@@ -102,7 +105,15 @@ function Limiter:take(a, b)
   local F = "ratelimit:take"
   common.self(F, self, Limiter)
   local key, n = args(self, F, a, b)
-  return take(self, key, n)
+  local ok, err, after = take(self, key, n)
+  if err == "limited" and self.ev then events.emit(self, self.label, "limited", after, self.keyed and key or nil) end
+  return ok, err, after
+end
+
+-- on("limited", fn(retry_after_ms, key)): as keel.ratelimit's (doc/ratelimit.md)
+function Limiter:on(event, fn)
+  common.self("ratelimit:on", self, Limiter)
+  return events.on(self, "ratelimit:on", EVENTS, event, fn)
 end
 
 -- wait([key,] [n [, timeout_ms]]) -> true | nil, "timeout" | "limited" | "conn: ..."
@@ -123,8 +134,13 @@ function Limiter:wait(a, b, c)
     local ok, err, after = take(self, key, n)
     if ok then return true end
     if err ~= "limited" then return nil, err end
-    if after == huge then return nil, "limited" end
-    if deadline and sched.now() + after > deadline then return nil, "timeout" end
+    if after == huge or (deadline and sched.now() + after > deadline) then
+      if self.ev then
+        events.emit(self, self.label, "limited", after == huge and huge or nil, self.keyed and key or nil)
+      end
+      if after == huge then return nil, "limited" end
+      return nil, "timeout"
+    end
     sched.sleep(math.max(after, 0.1), F)
   end
 end
